@@ -1,0 +1,50 @@
+# The project's commands. `make book` and `make test` set everything up from scratch.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# The stored notebook outputs were made with these; fixed so that they reproduce.
+export OMP_NUM_THREADS := 2
+export MKL_NUM_THREADS := 2
+export PYTHONHASHSEED := 0
+# pip's notes about index folders it skips are noise, not errors.
+PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+
+.PHONY: install book test notebooks lab bench clean
+
+install: $(STAMP)
+
+# torch comes from the lock's exact pin (torch==2.13.0, a CPU build here); the
+# project itself is installed with --no-deps so pip never resolves an open range.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock $(PIP_QUIET)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . $(PIP_QUIET)
+	touch $(STAMP)
+
+## The main job: execute every chapter and build the HTML book into _build/html.
+book: $(STAMP)
+	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+	@echo "open _build/html/index.html"
+
+## Unit tests and strict nbval over every notebook in book/.
+test: $(STAMP)
+	$(BIN)/python -m pytest tests book --nbval --nbval-current-env \
+		--nbval-sanitize-with book/nbval_sanitize.cfg --nbval-cell-timeout=600 $(PYTEST_ARGS)
+
+## Re-execute every notebook in place (CPU, fixed seeds and threads) to refresh outputs.
+notebooks: $(STAMP)
+	CUDA_VISIBLE_DEVICES= $(BIN)/python tools/execute_notebooks.py book/*.ipynb
+
+## Jupyter Lab in the project's environment (installs the pinned jupyterlab once).
+lab: $(STAMP)
+	$(BIN)/python -m pip install -q -c requirements.lock jupyterlab==4.6.6 $(PIP_QUIET)
+	$(BIN)/jupyter lab book
+
+bench: $(STAMP)
+	$(BIN)/python -m vaetut bench
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,22 @@
+"""vaetut: the small PyTorch package behind the executable VAE book.
+
+Where things are:
+    model.py       the VAE: encoder q(z|x), decoder p(x|z), prior N(0, I)
+    objective.py   the ELBO and its two terms, the reparameterization, the IWAE bound
+    data.py        the digits (default, offline) and MNIST from IDX files
+    train.py       fit: the training loop, history, evaluation
+    checkpoint.py  atomic save, safe load
+    device.py      pick_device
+"""
+from . import data, plots
+from .checkpoint import load_checkpoint, save_checkpoint
+from .device import pick_device
+from .model import VAE
+from .objective import ELBO, elbo, iwae_bound, kl_to_prior, log_px_given_z, reparameterize
+from .train import History, NonFiniteLossError, evaluate, fit
+
+__version__ = "0.1.0"
+
+__all__ = ["VAE", "ELBO", "elbo", "iwae_bound", "kl_to_prior", "log_px_given_z",
+           "reparameterize", "fit", "evaluate", "History", "NonFiniteLossError",
+           "pick_device", "save_checkpoint", "load_checkpoint", "data", "plots"]

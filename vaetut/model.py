@@ -1,0 +1,107 @@
+"""The VAE: an encoder q_phi(z|x), a decoder p_theta(x|z) and the prior p(z) = N(0, I).
+
+Kingma and Welling (2013), "Auto-Encoding Variational Bayes". The encoder and the
+decoder are separate modules so that the book can ask which of them a gradient reaches.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+def _mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """Linear layers of the given sizes with ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """x -> (q_mean, q_log_var): the diagonal Gaussian q_phi(z|x) = N(q_mean, diag(exp(q_log_var)))."""
+
+    def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int]):
+        super().__init__()
+        self.body = _mlp([x_dim, *hidden])
+        self.act = nn.ReLU() if hidden else nn.Identity()
+        width = hidden[-1] if hidden else x_dim
+        self.mean = nn.Linear(width, z_dim)
+        self.log_var = nn.Linear(width, z_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.act(self.body(x))  # (B, hidden[-1])
+        return self.mean(h), self.log_var(h)  # (B, z_dim) each
+
+
+class Decoder(nn.Module):
+    """z -> parameters of p_theta(x|z), one per pixel.
+
+    Bernoulli: the logits of each pixel. Gaussian: the mean of each pixel; the
+    per-pixel log-variance is a learned parameter shared by all z (`self.log_var`).
+    """
+
+    def __init__(self, z_dim: int, x_dim: int, hidden: Sequence[int], likelihood: str):
+        super().__init__()
+        self.likelihood = likelihood
+        self.net = _mlp([z_dim, *reversed(hidden), x_dim])
+        if likelihood == "gaussian":
+            self.log_var = nn.Parameter(torch.zeros(x_dim))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)  # (..., x_dim)
+
+
+class VAE(nn.Module):
+    """A variational autoencoder with a diagonal Gaussian q(z|x) and prior N(0, I).
+
+    Args:
+        x_dim: number of pixels of a flattened input.
+        z_dim: dimension of the latent z.
+        hidden: widths of the encoder's hidden layers; the decoder mirrors them.
+        likelihood: "bernoulli" (binary or [0, 1] pixels) or "gaussian".
+    """
+
+    def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (128,),
+                 likelihood: str = "bernoulli"):
+        super().__init__()
+        for name, value in (("x_dim", x_dim), ("z_dim", z_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        hidden = tuple(hidden)
+        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+            raise ValueError(f"hidden must be a sequence of positive ints, got {hidden!r}")
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        self.config = {"x_dim": x_dim, "z_dim": z_dim, "hidden": list(hidden),
+                       "likelihood": likelihood}
+        self.x_dim, self.z_dim, self.likelihood = x_dim, z_dim, likelihood
+        self.encoder = Encoder(x_dim, z_dim, hidden)
+        self.decoder = Decoder(z_dim, x_dim, hidden, likelihood)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's q_mean and q_log_var for a batch x of shape (B, x_dim)."""
+        return self.encoder(x)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder's mean image at z = q_mean(x): E[x | z] under p(x|z)."""
+        q_mean, _ = self.encoder(x)
+        return self.mean_image(q_mean)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean images of the decoder at n draws z ~ p(z) = N(0, I)."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.z_dim, device=device, generator=generator)
+        return self.mean_image(z)
+
+    def mean_image(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x | z]: sigmoid of the logits (Bernoulli) or the mean (Gaussian)."""
+        params = self.decoder(z)
+        return torch.sigmoid(params) if self.likelihood == "bernoulli" else params

@@ -1,0 +1,134 @@
+"""The objective: the ELBO and the importance-weighted bound, per example.
+
+Notation as in the book (chapter 1):
+
+    ELBO(x) = E_{q(z|x)}[log p(x|z)] - KL(q(z|x) || p(z))          (eq. elbo-practical)
+    IWAE_k(x) = E[log (1/k) sum_i p(x, z_i) / q(z_i|x)],  z_i ~ q   (Burda et al. 2015)
+
+All values are in nats per example: summed over pixels and latent dimensions, never
+averaged over them.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .model import VAE
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class ELBO(NamedTuple):
+    """Per-example terms, each of shape (B,): elbo = log_px_given_z - kl_to_prior."""
+
+    elbo: torch.Tensor
+    log_px_given_z: torch.Tensor
+    kl_to_prior: torch.Tensor
+
+
+def reparameterize(q_mean: torch.Tensor, q_log_var: torch.Tensor, n_samples: int = 1,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """z = q_mean + sigma * eps with eps ~ N(0, I) and sigma = exp(q_log_var / 2).
+
+    Returns (n_samples, *q_mean.shape). The randomness sits in eps alone, so z is a
+    differentiable function of the encoder's outputs (the reparameterization trick).
+    """
+    eps = torch.randn((n_samples, *q_mean.shape), dtype=q_mean.dtype, device=q_mean.device,
+                      generator=generator)
+    return q_mean + torch.exp(0.5 * q_log_var) * eps
+
+
+def kl_to_prior(q_mean: torch.Tensor, q_log_var: torch.Tensor) -> torch.Tensor:
+    """KL(N(q_mean, diag(exp(q_log_var))) || N(0, I)), closed form, summed over z.
+
+    0.5 * sum_j (sigma_j^2 + mu_j^2 - 1 - log sigma_j^2): Kingma and Welling (2013),
+    appendix B.
+    """
+    return 0.5 * (q_log_var.exp() + q_mean.pow(2) - 1.0 - q_log_var).sum(-1)
+
+
+def log_px_given_z(model: VAE, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """log p_theta(x|z) summed over pixels; z may carry leading sample dimensions."""
+    params = model.decoder(z)  # (..., B, x_dim)
+    if model.likelihood == "bernoulli":
+        return -F.binary_cross_entropy_with_logits(
+            params, x.expand_as(params), reduction="none").sum(-1)
+    log_var = model.decoder.log_var
+    return -0.5 * ((x - params).pow(2) / log_var.exp() + log_var + LOG_2PI).sum(-1)
+
+
+def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I), summed over the last dimension."""
+    return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
+
+
+def log_diag_normal(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, diag(exp(log_var))), summed over the last dimension."""
+    return -0.5 * ((z - mean).pow(2) / log_var.exp() + log_var + LOG_2PI).sum(-1)
+
+
+def check_input(model: VAE, x: torch.Tensor, name: str = "x") -> None:
+    """Raise ValueError naming `name` unless x is a finite (B, x_dim) float tensor that
+    the model's likelihood can score."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point torch.Tensor, got {type(x).__name__}"
+                         + (f" of dtype {x.dtype}" if isinstance(x, torch.Tensor) else ""))
+    if x.dim() != 2 or x.shape[1] != model.x_dim:
+        raise ValueError(f"{name} must have shape (batch, {model.x_dim}), got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if model.likelihood == "bernoulli" and (x.min() < 0 or x.max() > 1):
+        raise ValueError(f"{name} must lie in [0, 1] for a Bernoulli likelihood, got values in "
+                         f"[{x.min().item():.3g}, {x.max().item():.3g}]")
+
+
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def elbo(model: VAE, x: torch.Tensor, n_samples: int = 1,
+         generator: torch.Generator | None = None, validate: bool = True) -> ELBO:
+    """The ELBO of each example, with its two terms.
+
+    log_px_given_z is the Monte Carlo estimate (1/S) sum_s log p(x|z_s), z_s ~ q(z|x),
+    from S = n_samples reparameterized draws; kl_to_prior is exact (closed form).
+    """
+    if validate:
+        check_input(model, x)
+        _check_count("n_samples", n_samples)
+    q_mean, q_log_var = model.encoder(x)
+    z = reparameterize(q_mean, q_log_var, n_samples, generator)  # (S, B, z_dim)
+    recon = log_px_given_z(model, x, z).mean(0)  # (B,)
+    kl = kl_to_prior(q_mean, q_log_var)  # (B,)
+    return ELBO(recon - kl, recon, kl)
+
+
+def iwae_bound(model: VAE, x: torch.Tensor, k: int, chunk_size: int | None = None,
+               generator: torch.Generator | None = None,
+               max_elements: int = 2**24) -> torch.Tensor:
+    """The importance-weighted bound IWAE_k(x) of each example, shape (B,).
+
+    log (1/k) sum_i exp(log w_i), log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x),
+    computed with log-sum-exp. The k samples are drawn in chunks of `chunk_size`
+    (by default as many as keep one chunk's decoder output under `max_elements`
+    numbers), so memory does not grow with k. IWAE_1 is an ELBO estimate and IWAE_k
+    rises towards log p(x) as k grows (Burda, Grosse and Salakhutdinov 2015).
+    """
+    check_input(model, x)
+    _check_count("k", k)
+    if chunk_size is None:
+        chunk_size = max(1, min(k, max_elements // max(1, x.shape[0] * model.x_dim)))
+    _check_count("chunk_size", chunk_size)
+    q_mean, q_log_var = model.encoder(x)
+    chunk_lse = []
+    for start in range(0, k, chunk_size):
+        n = min(chunk_size, k - start)
+        z = reparameterize(q_mean, q_log_var, n, generator)  # (n, B, z_dim)
+        log_w = (log_px_given_z(model, x, z) + log_standard_normal(z)
+                 - log_diag_normal(z, q_mean, q_log_var))  # (n, B)
+        chunk_lse.append(torch.logsumexp(log_w, dim=0))
+    return torch.logsumexp(torch.stack(chunk_lse), dim=0) - math.log(k)
