@@ -1,0 +1,84 @@
+"""Command line: `python -m vaetut train ...` and `python -m vaetut bench ...`."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a VAE; write a checkpoint, history.json and a PNG",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", choices=("digits", "mnist"), default="digits",
+                   help="digits: scikit-learn's bundled 8x8 digits (offline); mnist: IDX files")
+    p.add_argument("--mnist-root", default="data/mnist", help="folder holding the MNIST IDX files")
+    p.add_argument("--binarize", choices=("none", "fixed", "stochastic"), default="fixed",
+                   help="how pixels are made binary for the Bernoulli likelihood")
+    p.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
+    p.add_argument("--z-dim", type=int, default=8)
+    p.add_argument("--hidden", type=int, nargs="+", default=[128], help="encoder widths")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--out", default="runs/vae", help="folder for checkpoint.pt, history.json, "
+                   "samples.png")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start afresh even if OUT/checkpoint.pt exists")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def train(args: argparse.Namespace) -> int:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import VAE, data, fit, plots
+
+    binarize = None if args.binarize == "none" else args.binarize
+    if args.data == "digits":
+        dataset = data.load_digits(binarize=binarize, seed=args.seed)
+    else:
+        dataset = data.load_mnist(args.mnist_root, binarize=binarize, seed=args.seed)
+    torch.manual_seed(args.seed)
+    model = VAE(dataset.x_dim, args.z_dim, tuple(args.hidden), args.likelihood)
+    os.makedirs(args.out, exist_ok=True)
+    checkpoint = os.path.join(args.out, "checkpoint.pt")
+    history = fit(model, dataset.train, dataset.test, epochs=args.epochs,
+                  batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
+                  progress=not args.no_progress, checkpoint=checkpoint,
+                  resume=not args.no_resume,
+                  stochastic_binarization=binarize == "stochastic")
+    history.to_json(os.path.join(args.out, "history.json"))
+    model.cpu().eval()
+    x = dataset.test[:10]
+    fig, axes = plt.subplots(3, 1, figsize=(6, 2.2))
+    plots.image_grid(x, dataset.image_shape, ax=axes[0], title="test images")
+    plots.image_grid(model.reconstruct(x), dataset.image_shape, ax=axes[1], title="reconstructions")
+    plots.image_grid(model.sample(10, torch.Generator().manual_seed(args.seed)),
+                     dataset.image_shape, ax=axes[2], title="samples from the prior")
+    fig.savefig(os.path.join(args.out, "samples.png"), dpi=120, bbox_inches="tight")
+    last = history.records[-1]
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in last.items()}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vaetut", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    bench = sub.add_parser("bench", help="time training and the IWAE bound; print a table")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark")
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        return train(args)
+    from . import bench as bench_module  # noqa: PLC0415  (imported only when asked for)
+    return bench_module.main(args.rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
