@@ -1,0 +1,201 @@
+"""Tests of vaetut.gradients: the split of the ELBO's gradient by term and by parameter
+group, the backward order, the cut-path objectives and the score-function estimator."""
+import math
+
+import pytest
+import torch
+
+import vaetut
+from vaetut import gradients as G
+from vaetut.objective import LOG_2PI
+
+
+def small_model(likelihood="bernoulli", hidden=(16,), x_dim=12, z_dim=3, seed=0,
+                dtype=torch.float64):
+    torch.manual_seed(seed)
+    return vaetut.VAE(x_dim, z_dim, hidden, likelihood).to(dtype)
+
+
+def batch(likelihood="bernoulli", n=10, x_dim=12, seed=1, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, x_dim, generator=g, dtype=dtype)
+    return (x > 0.5).to(dtype) if likelihood == "bernoulli" else x
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_terms_add_up_to_the_elbo_gradient_of_vaetut_elbo(likelihood):
+    model, x = small_model(likelihood), batch(likelihood)
+    tg = G.term_gradients(model, x, generator=torch.Generator().manual_seed(5))
+    # independent reference: vaetut.elbo draws the same eps from the same seed
+    loss = vaetut.elbo(model, x, 1, torch.Generator().manual_seed(5)).elbo.mean()
+    ref = dict(zip([n for n, _ in model.named_parameters()],
+                   torch.autograd.grad(loss, list(model.parameters()))))
+    for name, g in ref.items():
+        split = tg.grads["log_px_given_z"][name] - tg.grads["kl_to_prior"][name]
+        torch.testing.assert_close(tg.grads["elbo"][name], g, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(split, g, rtol=1e-12, atol=1e-12)
+    assert G.group_norm(tg.grads["elbo"], "decoder.") > 1e-3
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_kl_term_never_reaches_the_decoder(likelihood):
+    model, x = small_model(likelihood), batch(likelihood)
+    tg = G.term_gradients(model, x, generator=torch.Generator().manual_seed(0))
+    decoder = {n for n, _ in model.named_parameters() if n.startswith("decoder.")}
+    encoder = {n for n, _ in model.named_parameters() if n.startswith("encoder.")}
+    assert not tg.reached["kl_to_prior"] & decoder
+    assert all(torch.all(tg.grads["kl_to_prior"][n] == 0) for n in decoder)
+    assert tg.reached["kl_to_prior"] == encoder
+    # the reconstruction term reaches every parameter, the decoder's and the encoder's
+    assert tg.reached["log_px_given_z"] == decoder | encoder
+    assert all(tg.grads["log_px_given_z"][n].abs().sum() > 0 for n in decoder | encoder)
+
+
+def test_detached_z_cuts_the_reconstruction_path_to_the_encoder():
+    model, x = small_model(), batch()
+    eps = G.draw_eps(model, len(x), 1, torch.Generator().manual_seed(0))
+    cut = G.term_gradients(model, x, eps, detach_z=True)
+    full = G.term_gradients(model, x, eps)
+    assert G.group_norm(cut.grads["log_px_given_z"], "encoder.") == 0.0
+    assert G.group_norm(full.grads["log_px_given_z"], "encoder.") > 1e-3
+    for name in cut.grads["elbo"]:  # the decoder's gradient and the KL's are unchanged
+        if name.startswith("decoder."):
+            torch.testing.assert_close(cut.grads["elbo"][name], full.grads["elbo"][name])
+        torch.testing.assert_close(cut.grads["kl_to_prior"][name],
+                                   full.grads["kl_to_prior"][name])
+
+
+def test_autograd_agrees_with_finite_differences_in_float64():
+    model, x = small_model("gaussian", hidden=(5,), x_dim=4, z_dim=2), batch("gaussian", 6, 4)
+    eps = G.draw_eps(model, len(x), 2, torch.Generator().manual_seed(3))
+    tg = G.term_gradients(model, x, eps)
+    h = 1e-6
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            for i in range(p.numel()):
+                flat = p.view(-1)
+                old = flat[i].item()
+                flat[i] = old + h
+                up = G.elbo_terms_at(model, x, eps)
+                flat[i] = old - h
+                down = G.elbo_terms_at(model, x, eps)
+                flat[i] = old
+                for term in G.TERMS:
+                    fd = (getattr(up, term).mean() - getattr(down, term).mean()).item() / (2 * h)
+                    auto = tg.grads[term][name].view(-1)[i].item()
+                    assert abs(fd - auto) <= 1e-6 * max(1.0, abs(auto)), (name, i, term, fd, auto)
+
+
+def test_backward_order_is_decoder_last_layer_first_then_encoder():
+    model, x = small_model(hidden=(16, 8), dtype=torch.float32), batch(dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    order = G.record_backward_order(model, lambda: -vaetut.elbo(model, x, 1, gen).elbo.mean())
+    leaves = [n for n, m in model.named_modules() if n and not list(m.children())]
+    assert sorted(order) == sorted(leaves)
+    dec = [n for n in order if n.startswith("decoder.")]
+    enc = [n for n in order if n.startswith("encoder.")]
+    assert order == dec + enc  # every decoder module before every encoder module
+    assert dec == [f"decoder.net.{i}" for i in reversed(range(len(model.decoder.net)))]
+    assert enc[-1] == "encoder.body.0" and set(enc[:2]) == {"encoder.mean", "encoder.log_var"}
+    # the hooks are removed afterwards
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_backward_order_of_the_kl_term_alone_reaches_no_decoder_module():
+    model, x = small_model(dtype=torch.float32), batch(dtype=torch.float32)
+    order = G.record_backward_order(model, lambda: vaetut.kl_to_prior(*model.encoder(x)).mean())
+    assert order and all(n.startswith("encoder.") for n in order)
+
+
+def test_cut_objectives_have_the_elbo_value_and_the_cut_gradient():
+    model, x = small_model(), batch()
+    ref = vaetut.elbo(model, x, 2, torch.Generator().manual_seed(4))
+    eps = G.draw_eps(model, len(x), 2, torch.Generator().manual_seed(4))
+    tg = G.term_gradients(model, x, eps)
+    params = dict(model.named_parameters())
+    for objective, term, detach in ((G.elbo_z_detached, "elbo", True),
+                                    (G.elbo_without_kl, "log_px_given_z", False)):
+        out = objective(model, x, 2, torch.Generator().manual_seed(4))
+        torch.testing.assert_close(out.elbo, ref.elbo)
+        got = torch.autograd.grad(out.elbo.mean(), list(params.values()))
+        want = G.term_gradients(model, x, eps, detach_z=detach).grads[term] if detach \
+            else tg.grads[term]
+        for (name, _), g in zip(params.items(), got):
+            torch.testing.assert_close(g, want[name], rtol=1e-10, atol=1e-12)
+    # with z detached the encoder's gradient is the KL term's alone
+    out = G.elbo_z_detached(model, x, 2, torch.Generator().manual_seed(4))
+    got = torch.autograd.grad(out.elbo.mean(), list(model.encoder.parameters()))
+    for (name, _), g in zip(model.encoder.named_parameters(), got):
+        torch.testing.assert_close(g, -tg.grads["kl_to_prior"]["encoder." + name])
+
+
+def test_fit_runs_the_cut_objectives_and_respects_a_frozen_decoder():
+    x = batch(n=128, x_dim=64, dtype=torch.float32)
+    torch.manual_seed(0)
+    model = vaetut.VAE(64, 2, (16,))
+    model.decoder.requires_grad_(False)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    vaetut.fit(model, x, epochs=1, batch_size=64, device="cpu", progress=False)
+    for n, p in model.named_parameters():
+        changed = not torch.equal(p, before[n])
+        assert changed == n.startswith("encoder."), n
+    for objective in (G.elbo_z_detached, G.elbo_without_kl):
+        torch.manual_seed(0)
+        m = vaetut.VAE(64, 2, (16,))
+        h = vaetut.fit(m, x, epochs=1, batch_size=64, device="cpu", progress=False,
+                       objective=objective)
+        assert len(h) == 1 and math.isfinite(h["train_elbo"][-1])
+
+
+def test_layer_norms_group_weight_and_bias():
+    grads = {"decoder.net.0.weight": torch.tensor([3.0]), "decoder.net.0.bias": torch.tensor([4.0]),
+             "encoder.mean.weight": torch.tensor([[1.0, 0.0]])}
+    norms = G.layer_norms(grads)
+    assert norms == pytest.approx({"decoder.net.0": 5.0, "encoder.mean": 1.0})
+    assert G.group_norm(grads, "decoder.") == pytest.approx(5.0)
+
+
+def exact_expected_log_lik(model, x):
+    """E_q[log p(x|z)] in closed form for a linear decoder with Gaussian likelihood."""
+    q_mean, q_log_var = model.encoder(x)
+    lin = model.decoder.net[0]
+    log_var = model.decoder.log_var
+    mean = lin(q_mean)  # (B, D)
+    spread = (lin.weight.pow(2) @ q_log_var.exp().T).T  # (B, D): sum_k W_dk^2 v_k
+    return -0.5 * (((x - mean).pow(2) + spread) / log_var.exp() + log_var + LOG_2PI).sum(-1)
+
+
+@pytest.mark.slow
+def test_all_three_estimators_are_unbiased_on_a_linear_gaussian_vae():
+    torch.manual_seed(0)
+    model = vaetut.VAE(3, 2, (), "gaussian").double()
+    with torch.no_grad():
+        model.decoder.log_var.fill_(-0.5)
+    x = batch("gaussian", 4, 3)
+    exact = torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+        exact_expected_log_lik(model, x).mean(), list(model.encoder.parameters()))])
+    gen = torch.Generator().manual_seed(0)
+    worst = {}
+    for estimator in G.ESTIMATORS:
+        est = torch.stack([G.encoder_gradient(model, x, 4, estimator, gen) for _ in range(4000)])
+        se = est.std(0) / math.sqrt(len(est))
+        z = ((est.mean(0) - exact) / se).abs()
+        worst[estimator] = z.max().item()
+        assert z.max() < 4.5, (estimator, z)
+    # and a wrong estimator is caught: dropping sigma's dependence (grad of mean only)
+    est = torch.stack([G.encoder_gradient(model, x, 4, "reparam", gen) for _ in range(500)])
+    wrong = est.clone()
+    n_mean = sum(p.numel() for p in model.encoder.mean.parameters())
+    wrong[:, n_mean:] = 0  # pretend the log-variance layer gets no gradient
+    z = ((wrong.mean(0) - exact) / (est.std(0) / math.sqrt(len(est)) + 1e-12)).abs()
+    assert z.max() > 4.5
+
+
+def test_estimator_variances_are_ordered_on_a_vae():
+    model = small_model(hidden=(16,), x_dim=12, z_dim=3)
+    x = batch(n=16)
+    gen = torch.Generator().manual_seed(0)
+    var = {e: G.estimator_variance(model, x, 4, e, 100, gen)[1] for e in G.ESTIMATORS}
+    assert var["reparam"] < var["score_loo"] < var["score"]
+    with pytest.raises(ValueError):
+        G.encoder_gradient(model, x, 1, "score_loo")

@@ -1,0 +1,230 @@
+"""Where the ELBO's gradient goes: split by term and by parameter group (chapter 4).
+
+The scalar that training differentiates is the negative ELBO averaged over a batch,
+
+    loss = -(1/B) sum_b [ E_q[log p_theta(x_b|z)] - KL(q_phi(z|x_b) || p(z)) ],
+
+with z = q_mean + sigma * eps (Kingma and Welling 2013). This module takes that scalar
+apart: the gradient of each term with respect to the encoder's (phi) and the decoder's
+(theta) parameters, for one fixed eps so that both terms see the same z
+(`term_gradients`); the order in which the backward pass reaches each module
+(`record_backward_order`); objectives with one path of the graph cut, usable as
+`vaetut.fit(..., objective=...)`; and the score-function (REINFORCE, Williams 1992)
+estimator of the encoder's gradient next to the reparameterization estimator
+(`encoder_gradient`), to compare their variances (Mohamed et al. 2020).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .model import VAE
+from .objective import (ELBO, check_input, kl_to_prior, log_diag_normal, log_px_given_z,
+                        reparameterize)
+
+TERMS = ("log_px_given_z", "kl_to_prior", "elbo")
+
+
+def draw_eps(model: VAE, batch_size: int, n_samples: int = 1,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal noise eps of shape (n_samples, batch_size, z_dim) on the model's
+    device and dtype: the only randomness of the reparameterized ELBO."""
+    p = next(model.parameters())
+    return torch.randn(n_samples, batch_size, model.z_dim, dtype=p.dtype, device=p.device,
+                       generator=generator)
+
+
+def elbo_terms_at(model: VAE, x: torch.Tensor, eps: torch.Tensor,
+                  detach_z: bool = False) -> ELBO:
+    """The ELBO and its two terms per example (B,), at the given noise eps (S, B, z_dim).
+
+    z = q_mean + exp(q_log_var / 2) * eps; with detach_z the decoder sees z as a
+    constant, so no gradient flows from the reconstruction term back into the encoder.
+    """
+    q_mean, q_log_var = model.encoder(x)  # (B, z_dim) each
+    z = q_mean + torch.exp(0.5 * q_log_var) * eps  # (S, B, z_dim)
+    if detach_z:
+        z = z.detach()
+    recon = log_px_given_z(model, x, z).mean(0)  # (B,)
+    kl = kl_to_prior(q_mean, q_log_var)  # (B,)
+    return ELBO(recon - kl, recon, kl)
+
+
+@dataclass
+class TermGradients:
+    """Gradients of the batch means of each term (TERMS) with respect to every parameter.
+
+    grads[term][name] is a tensor shaped like the parameter `name` (zeros where autograd
+    found no path from that term to that parameter); reached[term] is the set of
+    parameter names that the term's graph does reach (autograd returned a tensor, not None).
+    The ELBO's gradient is grads["log_px_given_z"] - grads["kl_to_prior"].
+    """
+
+    grads: dict[str, dict[str, torch.Tensor]]
+    reached: dict[str, set[str]]
+
+    def layer_norms(self, term: str) -> dict[str, float]:
+        """The Euclidean norm of the term's gradient over each layer's parameters
+        (weight and bias together), keyed by module name, e.g. "decoder.net.2"."""
+        return layer_norms(self.grads[term])
+
+
+def layer_of(param_name: str) -> str:
+    """The module a parameter belongs to: "decoder.net.2.weight" -> "decoder.net.2"."""
+    return param_name.rsplit(".", 1)[0]
+
+
+def layer_norms(grads: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per-layer gradient norms: sqrt of the summed squares of the layer's parameters' grads."""
+    squares: dict[str, float] = {}
+    for name, g in grads.items():
+        layer = layer_of(name)
+        squares[layer] = squares.get(layer, 0.0) + float(g.double().pow(2).sum())
+    return {layer: s ** 0.5 for layer, s in squares.items()}
+
+
+def term_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None,
+                   detach_z: bool = False) -> TermGradients:
+    """Gradients of mean log_px_given_z, mean kl_to_prior and mean ELBO over the batch x,
+    each with respect to every parameter of the model, all at the same noise eps.
+
+    eps (S, B, z_dim) defaults to one draw from `generator`. The terms are differentiated
+    separately with torch.autograd.grad (no .grad attributes are touched), so the
+    gradient of the ELBO can be checked to be their difference.
+    """
+    check_input(model, x)
+    if eps is None:
+        eps = draw_eps(model, len(x), 1, generator)
+    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
+    terms = elbo_terms_at(model, x, eps, detach_z=detach_z)
+    grads: dict[str, dict[str, torch.Tensor]] = {}
+    reached: dict[str, set[str]] = {}
+    for i, term in enumerate(TERMS):
+        scalar = getattr(terms, term).mean()
+        got = torch.autograd.grad(scalar, params, retain_graph=i < len(TERMS) - 1,
+                                  allow_unused=True)
+        reached[term] = {n for n, g in zip(names, got) if g is not None}
+        grads[term] = {n: (g if g is not None else torch.zeros_like(p))
+                       for n, p, g in zip(names, params, got)}
+    return TermGradients(grads, reached)
+
+
+def group_norm(grads: dict[str, torch.Tensor], prefix: str) -> float:
+    """The norm of the gradient over all parameters whose name starts with `prefix`
+    ("encoder." or "decoder.")."""
+    return sum(float(g.double().pow(2).sum()) for n, g in grads.items()
+               if n.startswith(prefix)) ** 0.5
+
+
+def record_backward_order(model: nn.Module, loss_fn: Callable[[], torch.Tensor]) -> list[str]:
+    """The names of the model's leaf modules in the order the backward pass reaches them.
+
+    A module is "reached" when the gradient with respect to its output has been computed
+    (a tensor hook on the output, registered by a forward hook while loss_fn() builds the
+    graph). loss_fn must run the model's forward pass and return a scalar; its backward
+    pass is run here (gradients accumulate in .grad as usual). Each module is listed
+    once, at its first arrival.
+    """
+    order: list[str] = []
+    handles = []
+
+    def forward_hook(name):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                output.register_hook(lambda grad: order.append(name) if name not in order
+                                     else None)
+        return hook
+
+    for name, module in model.named_modules():
+        if name and not any(True for _ in module.children()):
+            handles.append(module.register_forward_hook(forward_hook(name)))
+    try:
+        loss = loss_fn()
+        loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+# ---- objectives with one path cut (for vaetut.fit(..., objective=...)) --------------------
+
+def elbo_z_detached(model: VAE, x: torch.Tensor, n_samples: int = 1,
+                    generator: torch.Generator | None = None, validate: bool = True) -> ELBO:
+    """The ELBO, with z detached before the decoder.
+
+    Its value is the ELBO; its gradient reaches the encoder only through the KL term,
+    because the reconstruction term's only path to phi runs through z.
+    """
+    if validate:
+        check_input(model, x)
+    eps = draw_eps(model, len(x), n_samples, generator)
+    return elbo_terms_at(model, x, eps, detach_z=True)
+
+
+def elbo_without_kl(model: VAE, x: torch.Tensor, n_samples: int = 1,
+                    generator: torch.Generator | None = None, validate: bool = True) -> ELBO:
+    """The ELBO whose KL term carries no gradient.
+
+    Its value is still the ELBO (so learning curves compare with the full objective's),
+    but the gradient is that of the reconstruction term alone: an autoencoder with noise.
+    """
+    if validate:
+        check_input(model, x)
+    eps = draw_eps(model, len(x), n_samples, generator)
+    terms = elbo_terms_at(model, x, eps)
+    return ELBO(terms.log_px_given_z - terms.kl_to_prior.detach(), terms.log_px_given_z,
+                terms.kl_to_prior)
+
+
+# ---- the score-function estimator ----------------------------------------------------
+
+ESTIMATORS = ("reparam", "score", "score_loo")
+
+
+def encoder_gradient(model: VAE, x: torch.Tensor, n_samples: int, estimator: str,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """One estimate of the gradient of the batch mean of E_q[log p(x|z)] with respect to the
+    encoder's parameters, flattened to a vector, from n_samples draws z ~ q(z|x) per example.
+
+    "reparam":    mean over draws of grad_phi log p(x | q_mean + sigma * eps).
+    "score":      mean over draws of log p(x|z) * grad_phi log q(z|x), z held fixed
+                  (the score-function or REINFORCE estimator, Williams 1992).
+    "score_loo":  the same with a baseline: log p(x|z_s) minus the mean of log p(x|z) over
+                  the other draws of the same example (leave-one-out; n_samples >= 2).
+                  The baseline does not depend on z_s, so the estimator stays unbiased.
+    All three are unbiased for the same vector; they differ in variance.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if estimator == "score_loo" and n_samples < 2:
+        raise ValueError("the leave-one-out baseline needs n_samples >= 2")
+    params = [p for p in model.encoder.parameters() if p.requires_grad]
+    q_mean, q_log_var = model.encoder(x)  # (B, z_dim)
+    if estimator == "reparam":
+        z = reparameterize(q_mean, q_log_var, n_samples, generator)  # (S, B, z_dim)
+        surrogate = log_px_given_z(model, x, z).mean()
+    else:
+        with torch.no_grad():
+            z = reparameterize(q_mean, q_log_var, n_samples, generator)
+            f = log_px_given_z(model, x, z)  # (S, B)
+            if estimator == "score_loo":
+                f = f - (f.sum(0, keepdim=True) - f) / (n_samples - 1)
+        log_q = log_diag_normal(z, q_mean, q_log_var)  # (S, B), differentiable in phi only
+        surrogate = (f * log_q).mean()
+    grads = torch.autograd.grad(surrogate, params)
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def estimator_variance(model: VAE, x: torch.Tensor, n_samples: int, estimator: str,
+                       n_repeats: int, generator: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, float]:
+    """(mean, total variance) over n_repeats independent estimates: the mean vector of the
+    estimates and the trace of their covariance (sum over parameters of the variance)."""
+    estimates = torch.stack([encoder_gradient(model, x, n_samples, estimator, generator)
+                             for _ in range(n_repeats)]).double()  # (R, P)
+    return estimates.mean(0), float(estimates.var(0).sum())
