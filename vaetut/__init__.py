@@ -7,6 +7,7 @@ Where things are:
     train.py       fit: the training loop, history, evaluation
     checkpoint.py  atomic save, safe load
     device.py      pick_device
+    exact.py       probabilistic PCA: log p(x), p(z|x), the exact ELBO and KL (chapter 1)
 """
 from . import data, plots
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -20,3 +21,7 @@ __version__ = "0.1.0"
 __all__ = ["VAE", "ELBO", "elbo", "iwae_bound", "kl_to_prior", "log_px_given_z",
            "reparameterize", "fit", "evaluate", "History", "NonFiniteLossError",
            "pick_device", "save_checkpoint", "load_checkpoint", "data", "plots"]
+from . import exact  # noqa: E402
+from .exact import LinearGaussian  # noqa: E402
+
+__all__ += ["exact", "LinearGaussian"]
