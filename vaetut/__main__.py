@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark")
     args = parser.parse_args(argv)
     if args.command == "train":
-        return train(args)
+        try:
+            return train(args)
+        except (FileNotFoundError, ValueError) as err:  # bad input: a message, not a traceback
+            print(f"vaetut train: error: {err}", file=sys.stderr)
+            return 2
     from . import bench as bench_module  # noqa: PLC0415  (imported only when asked for)
     return bench_module.main(args.rest)
 

@@ -1,0 +1,109 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import vaetut
+from vaetut.data import load_digits, load_mnist, read_idx
+
+
+def test_digits_split_is_fixed_disjoint_and_scaled():
+    a, b = load_digits(), load_digits()
+    assert a.train.shape == (1437, 64) and a.test.shape == (360, 64)
+    assert a.train.dtype == torch.float32 and a.train_labels.dtype == torch.int64
+    assert torch.equal(a.train, b.train) and torch.equal(a.test_labels, b.test_labels)
+    assert 0 <= a.train.min() and a.train.max() == 1
+    assert len(a.train.unique()) == 17  # the digits have 17 grey levels, 0/16 .. 16/16
+    # together the two splits are the whole data set, each image once
+    from sklearn.datasets import load_digits as sk
+    original = torch.tensor(sk().data / 16.0, dtype=torch.float32)
+    both = torch.cat([a.train, a.test])
+    assert sorted(map(tuple, both.tolist())) == sorted(map(tuple, original.tolist()))
+    other = load_digits(seed=1)
+    assert not torch.equal(other.test, a.test)
+    assert torch.bincount(a.test_labels, minlength=10).min() > 20  # every digit is in the test set
+
+
+def test_digits_binarization():
+    fixed = load_digits(binarize="fixed")
+    grey = load_digits()
+    assert set(fixed.train.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(fixed.train, (grey.train > 0.5).float())
+    stochastic = load_digits(binarize="stochastic")
+    assert torch.equal(stochastic.train, grey.train)  # resampled each epoch by fit
+    assert set(stochastic.test.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(stochastic.test, load_digits(binarize="stochastic").test)
+    with pytest.raises(ValueError, match="binarize"):
+        load_digits(binarize="yes")
+    with pytest.raises(ValueError, match="test_fraction"):
+        load_digits(test_fraction=1.5)
+
+
+def write_idx(path, array, compress):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    with (gzip.open if compress else open)(path, "wb") as f:
+        f.write(data)
+
+
+def make_mnist(folder, compress, n_train=6, n_test=4):
+    rng = np.random.default_rng(0)
+    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
+              "train-labels-idx1-ubyte": rng.integers(0, 10, n_train),
+              "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
+              "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test)}
+    for name, array in arrays.items():
+        write_idx(folder / (name + (".gz" if compress else "")), array, compress)
+    return arrays
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_load_mnist_reads_idx_files(tmp_path, compress):
+    arrays = make_mnist(tmp_path, compress)
+    mnist = load_mnist(tmp_path)
+    assert mnist.train.shape == (6, 784) and mnist.test.shape == (4, 784)
+    assert mnist.image_shape == (28, 28)
+    expected = torch.tensor(arrays["train-images-idx3-ubyte"].reshape(6, -1) / 255.0,
+                            dtype=torch.float32)
+    torch.testing.assert_close(mnist.train, expected)
+    assert mnist.test_labels.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
+    assert set(load_mnist(tmp_path, binarize="fixed").train.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_load_mnist_names_the_missing_file(tmp_path):
+    make_mnist(tmp_path, compress=True)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte.*missing from"):
+        load_mnist(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        load_mnist(tmp_path / "nowhere")
+
+
+def test_read_idx_rejects_corrupt_files(tmp_path):
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\x00\x00\x0d\x01" + b"\x00" * 8)
+    with pytest.raises(ValueError, match="not an unsigned-byte IDX"):
+        read_idx(bad)
+    short = tmp_path / "short"
+    write_idx(short, np.zeros((3, 2)), compress=False)
+    short.write_bytes(short.read_bytes()[:-1])
+    with pytest.raises(ValueError, match="header says shape"):
+        read_idx(short)
+
+
+def test_mismatched_mnist_split_is_an_error(tmp_path):
+    make_mnist(tmp_path, compress=False)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(5), compress=False)
+    with pytest.raises(ValueError, match="6 images but 5 labels"):
+        load_mnist(tmp_path)
+
+
+def test_a_vae_trains_on_mnist_files(tmp_path):
+    make_mnist(tmp_path, compress=True, n_train=32, n_test=8)
+    mnist = vaetut.data.load_mnist(tmp_path, binarize="fixed")
+    model = vaetut.VAE(mnist.x_dim, 2, hidden=(16,))
+    history = vaetut.fit(model, mnist.train, mnist.test, epochs=2, batch_size=16,
+                         device="cpu", progress=False)
+    assert len(history) == 2
