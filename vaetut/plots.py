@@ -45,3 +45,58 @@ def learning_curves(history: History, axes: Sequence[plt.Axes] | None = None) ->
         ax.legend()
     plt.tight_layout()
     return axes
+
+
+def manifold_z(n: int = 15, quantiles: tuple[float, float] = (0.05, 0.95)) -> torch.Tensor:
+    """The (n*n, 2) grid of latent values that `manifold_grid` decodes, row by row.
+
+    Each axis takes the standard normal quantiles at n evenly spaced probabilities in
+    `quantiles`, so the grid covers the prior p(z) = N(0, I) evenly in probability.
+    Row r, column c of the grid holds z = (z1[c], z2[n-1-r]): z1 grows to the right and
+    z2 grows upwards, as on the axes of a scatter plot.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an int >= 2, got {n!r}")
+    low, high = quantiles
+    if not 0 < low < high < 1:
+        raise ValueError(f"quantiles must satisfy 0 < low < high < 1, got {quantiles!r}")
+    values = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(low, high, n))
+    z2, z1 = torch.meshgrid(values.flip(0), values, indexing="ij")  # (n, n) each
+    return torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=1)  # (n*n, 2)
+
+
+@torch.no_grad()
+def manifold_grid(model, image_shape: Sequence[int], n: int = 15,
+                  quantiles: tuple[float, float] = (0.05, 0.95), ax: plt.Axes | None = None,
+                  title: str | None = None) -> plt.Axes:
+    """Decode the grid `manifold_z(n, quantiles)` of a model with a 2-d latent and draw
+    the mean images E[x|z] as an n x n mosaic (the learned manifold)."""
+    if model.z_dim != 2:
+        raise ValueError(f"manifold_grid needs a model with z_dim == 2, got {model.z_dim}")
+    device = next(model.parameters()).device
+    images = model.mean_image(manifold_z(n, quantiles).to(device))  # (n*n, x_dim)
+    return image_grid(images, image_shape, n_cols=n, ax=ax, title=title)
+
+
+def latent_scatter(z: torch.Tensor, labels: torch.Tensor, ax: plt.Axes | None = None,
+                   title: str | None = None, cmap: str = "tab10", s: float = 8.0) -> plt.Axes:
+    """Scatter 2-d latent codes z (N, 2), coloured by integer labels (N,), with a legend."""
+    z = z.detach().float().cpu()
+    labels = labels.detach().cpu()
+    if z.dim() != 2 or z.shape[1] != 2:
+        raise ValueError(f"z must have shape (N, 2), got {tuple(z.shape)}")
+    if labels.shape != (len(z),):
+        raise ValueError(f"labels must have shape ({len(z)},), got {tuple(labels.shape)}")
+    ax = ax or plt.gca()
+    colours = plt.get_cmap(cmap)
+    for i, label in enumerate(labels.unique().tolist()):
+        keep = labels == label
+        ax.scatter(z[keep, 0].numpy(), z[keep, 1].numpy(), s=s, color=colours(i % colours.N),
+                   label=str(label))
+    ax.set_xlabel("$z_1$")
+    ax.set_ylabel("$z_2$")
+    ax.legend(title="label", fontsize="small", markerscale=2, loc="center left",
+              bbox_to_anchor=(1.0, 0.5))
+    if title:
+        ax.set_title(title)
+    return ax

@@ -1,0 +1,131 @@
+"""Plot helpers: the pictures show the numbers they claim to (checked on the drawn data)."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from scipy.stats import norm  # noqa: E402
+
+from vaetut import VAE, plots  # noqa: E402
+from vaetut.train import History  # noqa: E402
+
+
+class RecordingModel(torch.nn.Module):
+    """A stand-in with a 2-d latent whose 'image' of z is (sigmoid(z1), sigmoid(z2)) twice."""
+
+    z_dim = 2
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.seen = None
+
+    def mean_image(self, z):
+        self.seen = z.clone()
+        return torch.sigmoid(torch.cat([z, z], dim=1))  # (N, 4) = a 2x2 image
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def tile(canvas, r, c, h, w):
+    return canvas[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w]
+
+
+def test_manifold_z_are_normal_quantiles_with_z2_growing_upwards():
+    n, q = 4, (0.1, 0.9)
+    z = plots.manifold_z(n, q)
+    expected = norm.ppf(np.linspace(*q, n))
+    assert z.shape == (n * n, 2)
+    grid = z.reshape(n, n, 2).numpy()
+    for r in range(n):
+        for c in range(n):
+            np.testing.assert_allclose(grid[r, c], [expected[c], expected[n - 1 - r]], atol=1e-5)
+
+
+def test_manifold_grid_decodes_each_z_into_its_tile():
+    n = 3
+    model = RecordingModel()
+    ax = plots.manifold_grid(model, (2, 2), n=n, quantiles=(0.2, 0.8))
+    torch.testing.assert_close(model.seen, plots.manifold_z(n, (0.2, 0.8)))
+    canvas = ax.images[0].get_array()
+    values = norm.ppf(np.linspace(0.2, 0.8, n))
+    for r in range(n):
+        for c in range(n):
+            z1, z2 = values[c], values[n - 1 - r]
+            want = 1 / (1 + np.exp(-np.array([[z1, z2], [z1, z2]])))
+            np.testing.assert_allclose(tile(canvas, r, c, 2, 2), want, atol=1e-5)
+
+
+def test_manifold_grid_of_a_real_vae_matches_its_decoder():
+    torch.manual_seed(0)
+    model = VAE(x_dim=6, z_dim=2, hidden=(5,))
+    ax = plots.manifold_grid(model, (2, 3), n=2)
+    canvas = ax.images[0].get_array()
+    images = model.mean_image(plots.manifold_z(2)).detach()
+    for i in range(4):
+        r, c = divmod(i, 2)
+        np.testing.assert_allclose(tile(canvas, r, c, 2, 3), images[i].reshape(2, 3).numpy(),
+                                   atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [dict(n=1), dict(quantiles=(0.0, 0.9)), dict(quantiles=(0.6, 0.4))])
+def test_manifold_z_rejects_bad_arguments(bad):
+    with pytest.raises(ValueError):
+        plots.manifold_z(**bad)
+
+
+def test_manifold_grid_rejects_a_latent_that_is_not_2d():
+    with pytest.raises(ValueError, match="z_dim == 2"):
+        plots.manifold_grid(VAE(x_dim=4, z_dim=3, hidden=(5,)), (2, 2))
+
+
+def test_latent_scatter_draws_every_point_once_coloured_by_label():
+    z = torch.tensor([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0], [8.0, 9.0]])
+    labels = torch.tensor([1, 0, 1, 2, 0])
+    ax = plots.latent_scatter(z, labels)
+    points = {}
+    for coll, text in zip(ax.collections, ax.get_legend().get_texts()):
+        points[int(text.get_text())] = coll.get_offsets().data
+    assert sorted(points) == [0, 1, 2]
+    for label, xy in points.items():
+        np.testing.assert_allclose(xy, z[labels == label].numpy())
+    colours = {tuple(c.get_facecolor()[0]) for c in ax.collections}
+    assert len(colours) == 3
+
+
+def test_latent_scatter_rejects_wrong_shapes():
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        plots.latent_scatter(torch.zeros(4, 3), torch.zeros(4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="labels"):
+        plots.latent_scatter(torch.zeros(4, 2), torch.zeros(3, dtype=torch.int64))
+
+
+def test_image_grid_places_images_row_by_row():
+    images = torch.arange(3 * 4, dtype=torch.float32).reshape(3, 4) / 12
+    ax = plots.image_grid(images, (2, 2), n_cols=2)
+    canvas = ax.images[0].get_array()
+    assert canvas.shape == (2 * 3 - 1, 2 * 3 - 1)
+    for i in range(3):
+        r, c = divmod(i, 2)
+        np.testing.assert_allclose(tile(canvas, r, c, 2, 2), images[i].reshape(2, 2).numpy())
+    np.testing.assert_allclose(tile(canvas, 1, 1, 2, 2), 1.0)  # the empty slot stays white
+
+
+def test_learning_curves_plot_train_and_test_columns():
+    records = [{"epoch": e, **{f"{s}_{k}": float(e * i + (s == "test"))
+                               for s in ("train", "test")
+                               for i, k in enumerate(("elbo", "log_px_given_z", "kl_to_prior"), 1)}}
+               for e in (1, 2, 3)]
+    axes = plots.learning_curves(History(records))
+    for ax, key in zip(axes, ("elbo", "log_px_given_z", "kl_to_prior")):
+        lines = {line.get_label(): line.get_ydata() for line in ax.get_lines()}
+        assert list(lines) == ["train", "test"]
+        np.testing.assert_allclose(lines["train"], [r[f"train_{key}"] for r in records])
+        np.testing.assert_allclose(lines["test"], [r[f"test_{key}"] for r in records])
