@@ -1,0 +1,63 @@
+"""Tests of vaetut.em: EM and joint gradient ascent on probabilistic PCA."""
+import numpy as np
+import pytest
+import torch
+
+from vaetut import em
+from vaetut.exact import DTYPE, LinearGaussian
+
+
+def data(n=200, d=6, k=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, k, dtype=DTYPE, generator=g)
+    z = torch.randn(n, k, dtype=DTYPE, generator=g)
+    return z @ w.T + 0.3 * torch.randn(n, d, dtype=DTYPE, generator=g) + 1.0
+
+
+def start(d=6, k=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return LinearGaussian(0.1 * torch.randn(d, k, dtype=DTYPE, generator=g),
+                          torch.zeros(d, dtype=DTYPE), torch.tensor(1.0, dtype=DTYPE))
+
+
+def test_em_never_decreases_log_px_and_reaches_the_closed_form():
+    x = data()
+    model, history = em.run_em(start(), x, 500)
+    lp = np.array(history.log_px)
+    assert np.diff(lp).min() >= -1e-10
+    assert lp[-1] > lp[0] + 1.0
+    target = LinearGaussian.from_pca(x, 2).log_evidence(x).mean().item()
+    assert abs(lp[-1] - target) < 1e-6
+    assert min(history.gap) > -1e-10  # the ELBO never exceeds log p(x)
+
+
+def test_m_step_maximizes_the_elbo_of_the_e_step_posterior():
+    x = data()
+    old = start()
+    new, (q_mean, q_cov) = em.em_step(old, x)
+    W = new.W.clone().requires_grad_(True)
+    b = new.b.clone().requires_grad_(True)
+    nv = new.noise_var.clone().requires_grad_(True)
+    value = LinearGaussian(W, b, nv).elbo(x, q_mean, q_cov).mean()
+    for g in torch.autograd.grad(value, [W, b, nv]):
+        assert g.abs().max() < 1e-9  # a stationary point in theta, for the fixed q
+    # and the E-step's q is the exact posterior of the old theta: its gap there is zero
+    assert old.kl_to_posterior(x, q_mean, q_cov).abs().max() < 1e-10
+    assert value > old.elbo(x, q_mean, q_cov).mean()
+
+
+@pytest.mark.slow
+def test_joint_gradient_ascent_reaches_the_closed_form_and_closes_the_gap():
+    x = data()
+    model, encoder, history = em.run_joint_ascent(start(), x, 1500, lr=0.05)
+    target = LinearGaussian.from_pca(x, 2).log_evidence(x).mean().item()
+    assert abs(history.log_px[-1] - target) < 0.02
+    assert history.gap[-1] < 0.01 and history.gap[0] > 0.0
+    assert history.elbo[-1] > history.elbo[0] + 1.0
+
+
+def test_perturbed_moves_theta_away_from_the_maximum():
+    x = data()
+    ml = LinearGaussian.from_pca(x, 2)
+    moved = em.perturbed(ml, 0.3, torch.Generator().manual_seed(0))
+    assert moved.log_evidence(x).mean() < ml.log_evidence(x).mean() - 0.1
