@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 # pip's notes about index folders it skips are noise, not errors.
 PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
-.PHONY: install book test notebooks lab bench clean
+.PHONY: install book test check-html notebooks lab bench clean
 
 install: $(STAMP)
 
@@ -33,6 +33,12 @@ book: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests book --nbval --nbval-current-env \
 		--nbval-sanitize-with book/nbval_sanitize.cfg --nbval-cell-timeout=600 $(PYTEST_ARGS)
+
+## Open every page of the built book in headless Chromium (needs `make book` first and
+## Debian's chromium package); screenshots go to _build/screenshots/.
+check-html: $(STAMP)
+	test -f _build/html/index.html || { echo "run 'make book' first"; exit 1; }
+	$(BIN)/python tools/check_html.py
 
 ## Re-execute every notebook in place (CPU, fixed seeds and threads) to refresh outputs.
 notebooks: $(STAMP)
