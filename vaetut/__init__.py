@@ -25,3 +25,6 @@ from . import exact  # noqa: E402
 from .exact import LinearGaussian  # noqa: E402
 
 __all__ += ["exact", "LinearGaussian"]
+from . import bounds, diagnostics  # noqa: E402  (chapters 5 and 6)
+
+__all__ += ["bounds", "diagnostics"]

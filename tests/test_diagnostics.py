@@ -1,0 +1,113 @@
+"""vaetut.diagnostics: measurements of collapse, and the objectives of chapter 6."""
+import numpy as np
+import pytest
+import torch
+from torch import distributions as D
+
+import vaetut
+from vaetut import diagnostics as dg
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return vaetut.VAE(12, 4, hidden=(16,))
+
+
+def test_kl_per_dimension_matches_torch_distributions(model):
+    x = torch.rand(9, 12)
+    got = dg.kl_per_dimension(model, x)
+    q_mean, q_log_var = model.encoder(x)
+    ref = D.kl_divergence(D.Normal(q_mean, (0.5 * q_log_var).exp()), D.Normal(0.0, 1.0))
+    torch.testing.assert_close(got, ref.mean(0).detach())
+    torch.testing.assert_close(got.sum(), vaetut.kl_to_prior(q_mean, q_log_var).mean().detach())
+
+
+def test_active_units_counts_dimensions_whose_mean_moves_with_x(model):
+    x = torch.rand(50, 12)
+    with torch.no_grad():
+        model.encoder.mean.weight[1:3] = 0.0  # q_mean of dims 1 and 2 is constant in x
+        model.encoder.mean.weight[0] *= 20.0
+        model.encoder.mean.weight[3] *= 20.0
+    result = dg.active_units(model, x)
+    q_mean = model.encoder(x)[0].detach().numpy()
+    np.testing.assert_allclose(result.variance.numpy(), q_mean.var(0), rtol=1e-5, atol=1e-9)
+    assert result.count == 2 and result.variance[1:3].max() < 1e-10
+    assert dg.active_units(model, x, threshold=1e6).count == 0
+
+
+def test_beta_elbo_is_the_elbo_at_beta_1_and_reweights_the_kl(model):
+    x = torch.rand(8, 12)
+    ref = vaetut.elbo(model, x, 3, gen(1))
+    got = dg.BetaELBO()(model, x, 3, gen(1))
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b)
+    got4 = dg.BetaELBO(beta=4.0)(model, x, 3, gen(1))
+    torch.testing.assert_close(got4.elbo, ref.log_px_given_z - 4.0 * ref.kl_to_prior)
+    with pytest.raises(ValueError, match="beta"):
+        dg.BetaELBO(beta=-1.0)
+
+
+def test_free_bits_floor_the_kl_and_stop_its_gradient(model):
+    x = torch.rand(8, 12)
+    with torch.no_grad():
+        model.encoder.mean.weight[0] *= 30.0  # dimension 0 far from the prior, the rest near
+        for p in model.decoder.parameters():
+            p.zero_()  # log p(x|z) no longer depends on z: only the KL has a gradient
+    kl_j = dg.kl_per_dimension(model, x)
+    free = 0.5 * float(kl_j[0])
+    assert (kl_j[1:] < free).all()
+    out = dg.BetaELBO(free_bits=free)(model, x, 1, gen(2))
+    expected = out.log_px_given_z.mean() - torch.clamp(kl_j, min=free).sum()
+    torch.testing.assert_close(out.elbo.mean().detach(), expected)
+    grad = torch.autograd.grad(out.elbo.mean(), model.encoder.mean.weight)[0]
+    assert grad[0].abs().sum() > 0 and grad[1:].abs().max() == 0
+
+
+def test_kl_annealing_raises_beta_linearly_inside_fit():
+    torch.manual_seed(0)
+    model = vaetut.VAE(12, 2, hidden=(8,))
+    annealing = dg.KLAnnealing(warmup_epochs=2)
+    history = vaetut.fit(model, torch.rand(40, 12), epochs=4, batch_size=20, device="cpu",
+                         progress=False, objective=annealing,
+                         on_epoch_end=annealing.on_epoch_end)
+    assert annealing.betas == [0.0, 0.5, 1.0, 1.0] == history["beta"]
+    assert annealing.beta == 1.0
+
+
+def test_pixel_mean_elbo_is_a_beta_of_x_dim_in_disguise(model):
+    x = torch.rand(8, 12)
+    got = dg.pixel_mean_elbo(model, x, 2, gen(3))
+    beta = dg.BetaELBO(beta=12.0)(model, x, 2, gen(3))
+    torch.testing.assert_close(got.elbo, beta.elbo / 12.0)
+
+
+def test_continuous_bernoulli_matches_torch_distributions():
+    logits = torch.cat([torch.linspace(-8, 8, 161, dtype=torch.float64),
+                        torch.tensor([1e-5, -3e-3, 0.0199, 0.0201], dtype=torch.float64)])
+    x = torch.rand(len(logits), dtype=torch.float64, generator=gen(4))
+    ref = D.ContinuousBernoulli(logits=logits)
+    torch.testing.assert_close(dg.continuous_bernoulli_log_prob(logits, x), ref.log_prob(x),
+                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(dg.continuous_bernoulli_mean(logits), ref.mean, rtol=0, atol=1e-6)
+    grid = torch.linspace(0, 1, 4001, dtype=torch.float64)
+    density = dg.continuous_bernoulli_log_prob(logits[:, None].expand(-1, len(grid)),
+                                               grid.expand(len(logits), -1)).exp()
+    torch.testing.assert_close(torch.trapezoid(density, grid), torch.ones(len(logits),
+                               dtype=torch.float64), rtol=0, atol=1e-6)  # a density
+    bernoulli = (density / dg.continuous_bernoulli_log_norm(logits)[:, None].exp())
+    assert (torch.trapezoid(bernoulli, grid) < 1 - 1e-3).sum() > 150  # the Bernoulli is not
+
+
+def test_continuous_bernoulli_elbo_adds_the_normalizer(model):
+    x = torch.rand(8, 12)
+    got = dg.continuous_bernoulli_elbo(model, x, 2, gen(5))
+    ref = vaetut.elbo(model, x, 2, gen(5))
+    assert (got.log_px_given_z > ref.log_px_given_z).all()  # log C(lambda) >= log 2 > 0
+    torch.testing.assert_close(got.kl_to_prior, ref.kl_to_prior)
+    with pytest.raises(ValueError, match="bernoulli"):
+        dg.continuous_bernoulli_elbo(vaetut.VAE(12, 2, likelihood="gaussian"), x)
