@@ -30,14 +30,20 @@ class ELBO(NamedTuple):
 
 
 def reparameterize(q_mean: torch.Tensor, q_log_var: torch.Tensor, n_samples: int = 1,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None,
+                   eps: torch.Tensor | None = None) -> torch.Tensor:
     """z = q_mean + sigma * eps with eps ~ N(0, I) and sigma = exp(q_log_var / 2).
 
     Returns (n_samples, *q_mean.shape). The randomness sits in eps alone, so z is a
     differentiable function of the encoder's outputs (the reparameterization trick).
+    `eps` may be given, already drawn, with that shape (data-parallel training draws the
+    noise of a whole batch once and gives each process its slice).
     """
-    eps = torch.randn((n_samples, *q_mean.shape), dtype=q_mean.dtype, device=q_mean.device,
-                      generator=generator)
+    if eps is None:
+        eps = torch.randn((n_samples, *q_mean.shape), dtype=q_mean.dtype, device=q_mean.device,
+                          generator=generator)
+    elif eps.shape != (n_samples, *q_mean.shape):
+        raise ValueError(f"eps must have shape {(n_samples, *q_mean.shape)}, got {tuple(eps.shape)}")
     return q_mean + torch.exp(0.5 * q_log_var) * eps
 
 
@@ -91,17 +97,19 @@ def _check_count(name: str, value: int) -> None:
 
 
 def elbo(model: VAE, x: torch.Tensor, n_samples: int = 1,
-         generator: torch.Generator | None = None, validate: bool = True) -> ELBO:
+         generator: torch.Generator | None = None, validate: bool = True,
+         eps: torch.Tensor | None = None) -> ELBO:
     """The ELBO of each example, with its two terms.
 
     log_px_given_z is the Monte Carlo estimate (1/S) sum_s log p(x|z_s), z_s ~ q(z|x),
     from S = n_samples reparameterized draws; kl_to_prior is exact (closed form).
+    `eps`, if given, is the standard normal noise of shape (S, B, z_dim) to use.
     """
     if validate:
         check_input(model, x)
         _check_count("n_samples", n_samples)
     q_mean, q_log_var = model.encoder(x)
-    z = reparameterize(q_mean, q_log_var, n_samples, generator)  # (S, B, z_dim)
+    z = reparameterize(q_mean, q_log_var, n_samples, generator, eps)  # (S, B, z_dim)
     recon = log_px_given_z(model, x, z).mean(0)  # (B,)
     kl = kl_to_prior(q_mean, q_log_var)  # (B,)
     return ELBO(recon - kl, recon, kl)
