@@ -61,3 +61,11 @@ def test_perturbed_moves_theta_away_from_the_maximum():
     ml = LinearGaussian.from_pca(x, 2)
     moved = em.perturbed(ml, 0.3, torch.Generator().manual_seed(0))
     assert moved.log_evidence(x).mean() < ml.log_evidence(x).mean() - 0.1
+
+
+def test_joint_ascent_records_every_nth_step_and_the_last():
+    x = data()
+    _, _, history = em.run_joint_ascent(start(), x, 25, lr=0.05, record_every=10)
+    assert history.steps == [0, 10, 20, 25] and len(history.log_px) == 4
+    _, em_history = em.run_em(start(), x, 3)
+    assert em_history.steps == [1, 2, 3]

@@ -199,3 +199,18 @@ def test_estimator_variances_are_ordered_on_a_vae():
     assert var["reparam"] < var["score_loo"] < var["score"]
     with pytest.raises(ValueError):
         G.encoder_gradient(model, x, 1, "score_loo")
+
+
+def test_draw_graph_labels_each_module_with_its_backward_step():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = ["decoder.net.2", "decoder.net.1", "decoder.net.0", "encoder.log_var",
+             "encoder.mean", "encoder.act", "encoder.body.0"]
+    fig, ax = plt.subplots()
+    G.draw_graph(order, ax)
+    texts = [t.get_text() for t in ax.texts]
+    for i, name in enumerate(order, 1):
+        assert any(t.startswith(name) and t.endswith(f"backward step {i}") for t in texts), name
+    plt.close(fig)

@@ -20,12 +20,14 @@ from .exact import DTYPE, LinearGaussian
 
 @dataclass
 class ClimbHistory:
-    """Per-iteration means over the data, in nats per example: log p(x), the ELBO of the
-    current q under the current theta, and their gap KL(q || p_theta(z|x))."""
+    """Means over the data, in nats per example, at the iterations listed in `steps`:
+    log p(x), the ELBO of the current q under the current theta, and their gap
+    KL(q || p_theta(z|x))."""
 
     log_px: list[float] = field(default_factory=list)
     elbo: list[float] = field(default_factory=list)
     gap: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
 
     def append(self, model: LinearGaussian, x: torch.Tensor, q_mean: torch.Tensor,
                q_cov: torch.Tensor) -> None:
@@ -68,9 +70,10 @@ def run_em(model: LinearGaussian, x: torch.Tensor, n_iter: int
     the next E-step closes it)."""
     x = x.to(DTYPE)
     history = ClimbHistory()
-    for _ in range(n_iter):
+    for i in range(n_iter):
         model, (q_mean, q_cov) = em_step(model, x)
         history.append(model, x, q_mean, q_cov)
+        history.steps.append(i + 1)
     return model, history
 
 
@@ -90,11 +93,13 @@ class LinearEncoder(torch.nn.Module):
         return x @ self.A.T + self.c, L @ L.T  # (N, K), (K, K)
 
 
-def run_joint_ascent(model: LinearGaussian, x: torch.Tensor, n_steps: int, lr: float = 0.01
+def run_joint_ascent(model: LinearGaussian, x: torch.Tensor, n_steps: int, lr: float = 0.01,
+                     record_every: int = 1
                      ) -> tuple[LinearGaussian, LinearEncoder, ClimbHistory]:
     """Adam on theta = (W, b, log noise_var) and on a LinearEncoder at once, maximizing the
     exact mean ELBO over x (full batch). Returns the final model, the encoder and the
-    history (recorded before each step, and once at the end)."""
+    history, recorded before steps 0, record_every, 2 * record_every, ... and at the end
+    (history.steps holds those step numbers)."""
     x = x.to(DTYPE)
     W = model.W.detach().clone().requires_grad_(True)
     b = model.b.detach().clone().requires_grad_(True)
@@ -105,7 +110,9 @@ def run_joint_ascent(model: LinearGaussian, x: torch.Tensor, n_steps: int, lr: f
     for step in range(n_steps + 1):
         current = LinearGaussian(W, b, log_nv.exp())
         q_mean, q_cov = encoder(x)
-        history.append(current, x, q_mean.detach(), q_cov.detach())
+        if step % record_every == 0 or step == n_steps:
+            history.append(current, x, q_mean.detach(), q_cov.detach())
+            history.steps.append(step)
         if step == n_steps:
             break
         loss = -current.elbo(x, q_mean, q_cov).mean()

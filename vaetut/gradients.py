@@ -228,3 +228,59 @@ def estimator_variance(model: VAE, x: torch.Tensor, n_samples: int, estimator: s
     estimates = torch.stack([encoder_gradient(model, x, n_samples, estimator, generator)
                              for _ in range(n_repeats)]).double()  # (R, P)
     return estimates.mean(0), float(estimates.var(0).sum())
+
+
+# ---- a picture of the graph ----------------------------------------------------------
+
+_GRAPH_BOXES = {  # name: (x, y, label) for a VAE with one hidden layer
+    "x": (0.0, 1.0, "$x$"),
+    "encoder.body.0": (1.5, 1.0, "encoder.body.0\nLinear"),
+    "encoder.act": (3.1, 1.0, "encoder.act\nReLU"),
+    "encoder.mean": (4.8, 1.8, "encoder.mean\nLinear: $\\mu$"),
+    "encoder.log_var": (4.8, 0.2, "encoder.log_var\nLinear: $\\log\\sigma^2$"),
+    "z": (6.6, 1.0, "$z = \\mu + \\sigma\\,\\epsilon$"),
+    "eps": (6.6, 2.4, "$\\epsilon \\sim N(0, I)$"),
+    "decoder.net.0": (8.3, 1.0, "decoder.net.0\nLinear"),
+    "decoder.net.1": (9.9, 1.0, "decoder.net.1\nReLU"),
+    "decoder.net.2": (11.5, 1.0, "decoder.net.2\nLinear: logits"),
+    "recon": (13.2, 1.0, "$\\log p_\\theta(x|z)$"),
+    "x_data": (13.2, 2.4, "$x$"),
+    "kl": (8.3, -0.7, "KL$(q_\\phi(z|x)\\,\\|\\,p(z))$"),
+    "loss": (13.2, -0.7, "loss = $-$mean ELBO"),
+}
+_GRAPH_EDGES = [("x", "encoder.body.0"), ("encoder.body.0", "encoder.act"),
+                ("encoder.act", "encoder.mean"), ("encoder.act", "encoder.log_var"),
+                ("encoder.mean", "z"), ("encoder.log_var", "z"), ("eps", "z"),
+                ("z", "decoder.net.0"), ("decoder.net.0", "decoder.net.1"),
+                ("decoder.net.1", "decoder.net.2"), ("decoder.net.2", "recon"),
+                ("x_data", "recon"), ("encoder.mean", "kl"), ("encoder.log_var", "kl"),
+                ("recon", "loss"), ("kl", "loss")]
+
+
+def draw_graph(order: list[str], ax=None):
+    """Draw the computation graph of a one-hidden-layer VAE's loss: boxes for the modules
+    and the quantities between them, grey arrows for the forward pass, and on each
+    module the step (1, 2, ...) at which `order` (from record_backward_order) says the
+    backward pass reached it. Decoder modules are orange, encoder modules blue."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.gca()
+    step = {name: i + 1 for i, name in enumerate(order)}
+    texts = {}
+    for name, (x, y, label) in _GRAPH_BOXES.items():
+        colour = ("#fdd9b5" if name.startswith("decoder") else
+                  "#c6dbef" if name.startswith("encoder") else "#eeeeee")
+        if name in step:
+            label = f"{label}\nbackward step {step[name]}"
+        texts[name] = ax.text(x, y, label, ha="center", va="center", fontsize=7.5,
+                              bbox=dict(boxstyle="round,pad=0.35", fc=colour, ec="0.4"))
+    for src, dst in _GRAPH_EDGES:
+        (x0, y0, _), (x1, y1, _) = _GRAPH_BOXES[src], _GRAPH_BOXES[dst]
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                    arrowprops=dict(arrowstyle="->", color="0.45", shrinkA=1, shrinkB=1,
+                                    patchA=texts[src].get_bbox_patch(),
+                                    patchB=texts[dst].get_bbox_patch()))
+    ax.set_xlim(-0.5, 14.3)
+    ax.set_ylim(-1.3, 3.0)
+    ax.set_axis_off()
+    return ax
