@@ -68,6 +68,10 @@ def train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # argparse.REMAINDER drops options that come first: pass them on
+        from . import bench as bench_module  # noqa: PLC0415  (imported only when asked for)
+        return bench_module.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m vaetut", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)

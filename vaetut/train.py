@@ -69,13 +69,36 @@ def _check_positive(name: str, value: Any, kind: type = int) -> None:
         raise ValueError(f"{name} must be a positive {kind.__name__}, got {value!r}")
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _check_losses(losses: torch.Tensor, start: int, stop: int, epoch: int,
+                  steps_per_epoch: int, lr: float, check_every: int,
+                  checkpoint: str | os.PathLike | None) -> None:
+    """fit(check_every=N): raise NonFiniteLossError naming the first non-finite loss among
+    steps start+1..stop of this epoch (one host synchronisation for N steps)."""
+    window = losses[start:stop]
+    bad = ~torch.isfinite(window)
+    if not bad.any():
+        return
+    first = int(bad.nonzero()[0, 0])
+    raise NonFiniteLossError(
+        f"loss is {window[first].item()} at epoch {epoch}, step {start + first + 1} of "
+        f"{steps_per_epoch} (lr={lr}); found by the check after step {stop} "
+        f"(check_every={check_every}), so steps {start + first + 1} to {stop} have changed "
+        "the weights and the model is not usable"
+        + (f"; {checkpoint!r} holds epoch {epoch - 1}" if checkpoint else ""))
+
+
 def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, epochs: int = 10,
         batch_size: int = 128, lr: float = 1e-3, device: str | torch.device = "auto",
         seed: int = 0, n_samples: int = 1, progress: bool = True,
         checkpoint: str | os.PathLike | None = None, resume: bool = True,
         stochastic_binarization: bool = False,
         objective: Callable[..., ELBO] = elbo,
-        on_epoch_end: Callable[[int, VAE, dict], None] | None = None) -> History:
+        on_epoch_end: Callable[[int, VAE, dict], None] | None = None,
+        fused_adam: bool = False, check_every: int = 1,
+        compile: bool | str = False) -> History:
     """Train `model` by gradient ascent on the mean ELBO of mini-batches; return a History.
 
     The data are moved to the device once and batched by indexing a seeded permutation;
@@ -87,11 +110,33 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
     after every epoch; with `resume`, an existing checkpoint there is continued from, and
     the result equals that of an uninterrupted run. A NaN or infinite loss raises
     NonFiniteLossError naming the epoch and step, before that step changes the weights.
+
+    Fast paths (off by default; each keeps the results of the plain loop, see
+    tests/test_fast_paths.py and benchmarks/README.md):
+
+    - `fused_adam=True`: Adam's fused kernel (one pass over each parameter instead of
+      about ten); equal to the plain loop within float rounding.
+    - `check_every=N` (N > 1): the loss is tested for NaN/inf every N steps and at the
+      end of each epoch instead of at every step, so a GPU run does not wait for the
+      device at each step. Results are bit-identical to N = 1. A NaN or infinite loss
+      still raises NonFiniteLossError naming the epoch and the first bad step, before
+      anything of that epoch is evaluated, recorded, checkpointed or passed to
+      `on_epoch_end`; but the steps up to the check have changed the weights, so the
+      model is not usable afterwards (the checkpoint, if any, holds the last good epoch).
+    - `compile=True` (or a torch.compile mode such as "reduce-overhead"): the objective
+      is compiled with torch.compile (static shapes); equal within float rounding. The
+      first steps pay the compilation (seconds to minutes).
     """
     _check_positive("epochs", epochs)
     _check_positive("batch_size", batch_size)
     _check_positive("lr", lr, float)
     _check_positive("n_samples", n_samples)
+    _check_positive("check_every", check_every)
+    if not isinstance(fused_adam, bool):
+        raise ValueError(f"fused_adam must be True or False, got {fused_adam!r}")
+    if not (isinstance(compile, bool) or compile in COMPILE_MODES):
+        raise ValueError(f"compile must be True, False or one of {COMPILE_MODES}, "
+                         f"got {compile!r}")
     check_input(model, train, "train")
     if test is not None:
         check_input(model, test, "test")
@@ -99,7 +144,8 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
     model.to(dev)
     train = train.to(dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = (torch.optim.Adam(model.parameters(), lr=lr, fused=True) if fused_adam
+                 else torch.optim.Adam(model.parameters(), lr=lr))
     history, start_epoch = History(), 0
     if checkpoint is not None and resume and os.path.exists(checkpoint):
         stored, payload = load_checkpoint(checkpoint, map_location=dev)
@@ -107,21 +153,39 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
             raise ValueError(f"checkpoint {checkpoint!r} holds a model {stored.config}, "
                              f"not {model.config}")
         model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
+        opt_state = payload["optimizer"]
+        if fused_adam or any(g.get("fused") for g in opt_state["param_groups"]):
+            # run the kernel this call asks for, whatever the checkpoint was saved with
+            opt_state = {**opt_state, "param_groups": [
+                {**g, "fused": True if fused_adam else None} for g in opt_state["param_groups"]]}
+        optimizer.load_state_dict(opt_state)
         gen.set_state(payload["generator"].cpu())
         history, start_epoch = History(payload["history"]), payload["epoch"]
 
     n = len(train)
     steps_per_epoch = math.ceil(n / batch_size)
+    step_objective = objective
+    if compile:
+        step_objective = torch.compile(objective, dynamic=False,
+                                       mode=None if compile is True else compile)
+    lazy_check = check_every > 1
     bar = tqdm(total=epochs, initial=start_epoch, disable=not progress, desc="fit", unit="epoch")
     for epoch in range(start_epoch + 1, epochs + 1):
         model.train()
         x_epoch = binarize_stochastic(train, gen) if stochastic_binarization else train
         sums = torch.zeros(3, dtype=torch.float64, device=dev)
+        if lazy_check:  # each step's loss, kept on the device and tested every check_every steps
+            losses, checked = torch.zeros(steps_per_epoch, device=dev), 0
         for step, idx in enumerate(torch.randperm(n, generator=gen, device=dev).split(batch_size)):
-            terms = objective(model, x_epoch[idx], n_samples, gen, validate=False)
+            terms = step_objective(model, x_epoch[idx], n_samples, gen, validate=False)
             loss = -terms.elbo.mean()
-            if not torch.isfinite(loss):
+            if lazy_check:
+                losses[step] = loss.detach()
+                if (step + 1) % check_every == 0:
+                    _check_losses(losses, checked, step + 1, epoch, steps_per_epoch, lr,
+                                  check_every, checkpoint)
+                    checked = step + 1
+            elif not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"loss is {loss.item()} at epoch {epoch}, step {step + 1} of {steps_per_epoch}"
                     f" (lr={lr}); the weights are those before this step"
@@ -130,6 +194,9 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
             loss.backward()
             optimizer.step()
             sums += torch.stack([t.detach().sum() for t in terms]).double()
+        if lazy_check and checked < steps_per_epoch:
+            _check_losses(losses, checked, steps_per_epoch, epoch, steps_per_epoch, lr,
+                          check_every, checkpoint)
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in zip(METRICS, (sums / n).tolist())}}
         if test is not None:
             record.update({f"test_{k}": v for k, v in evaluate(model, test, seed=seed + 1).items()})

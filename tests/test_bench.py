@@ -1,0 +1,172 @@
+"""The benchmark: `python -m vaetut bench --quick` runs, writes its JSON, renders its table."""
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import vaetut
+from vaetut import bench
+
+TRAIN_PATHS = ["baseline", "fit", "fit+fast", f"fit+fast B={bench.LARGE_BATCH}"]
+
+
+def test_flop_count_of_a_tiny_model_by_hand():
+    model = vaetut.VAE(4, 2, hidden=(3,))
+    # encoder: 4->3 (12 weights + 3 biases), mean 3->2 (6 + 2), log_var 3->2 (6 + 2)
+    # decoder: 2->3 (6 + 3), 3->4 (12 + 4)
+    assert bench.count_parameters(model) == 15 + 8 + 8 + 9 + 16 == 56
+    assert bench.model_flops_per_sample(model) == 6 * 56
+    # exact matmul FLOPs of a step: 2 forward + 2 weight-gradient + 2 input-gradient per
+    # weight, but no input gradient for the first layer (12 weights): 6 * (6+6+6+12) + 4 * 12
+    assert bench.gemm_flops_per_sample(model) == 6 * 30 + 4 * 12 == 228
+    # IWAE: encoder (31 numbers) once per image, decoder (25) k times, 2 FLOPs each
+    assert bench.iwae_flops(model, n_images=10, k=7) == 2 * 10 * (31 + 7 * 25)
+
+
+def test_flop_count_of_the_mnist_model():
+    model = vaetut.VAE(784, 20, hidden=(400,))
+    params = (784 * 400 + 400) + 2 * (400 * 20 + 20) + (20 * 400 + 400) + (400 * 784 + 784)
+    assert bench.count_parameters(model) == params == 652_824
+    # about 0.2 TFLOP an epoch of 60,000 images
+    assert 0.2e12 < bench.model_flops_per_sample(model) * 60_000 < 0.25e12
+
+
+def test_synthetic_mnist_is_binary_seeded_and_not_constant():
+    x = bench.synthetic_mnist(n=500)
+    assert x.shape == (500, 784) and x.dtype == torch.float32
+    assert set(x.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(x, bench.synthetic_mnist(n=500))
+    assert not torch.equal(x, bench.synthetic_mnist(n=500, seed=1))
+    mean = x.mean(0)  # pixel means vary over the image (smooth fields), not all 0.5
+    assert mean.max() - mean.min() > 0.3
+    assert len(x.unique(dim=0)) > 490  # independent draws, not copies
+
+
+def test_peak_memory_sees_a_large_allocation_on_the_cpu():
+    with bench.PeakMemory(torch.device("cpu")) as mem:
+        big = torch.ones(64 * 2**20 // 4 * 4)  # 256 MB, touched
+        big.add_(1)
+        time.sleep(0.2)  # the sampler looks every 10 ms
+        del big
+    assert 200 < mem.peak_mb < 400
+
+
+def test_baseline_loop_trains(digits):
+    torch.manual_seed(0)
+    model = vaetut.VAE(64, 4, hidden=(32,))
+    losses = bench.baseline_loop(model, digits.train, epochs=3, batch_size=128, lr=3e-3,
+                                 device=torch.device("cpu"))
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0] - 3  # nats per example
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    # one thread: the structure is under test, not the speed (and a shared machine stalls
+    # multi-threaded small kernels)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "vaetut", "bench", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text()), proc.stdout, out
+
+
+def positive(v):
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_complete_positive_finite_results(quick_run):
+    results, _, _ = quick_run
+    assert results["schema"] == bench.SCHEMA and results["quick"] is True
+    for key in ("cpu", "torch", "torch_threads", "cpu_count"):
+        assert results["machine"][key]
+    assert results["date"][:2] == "20"
+    cpu = results["devices"]["cpu"]
+    assert list(results["devices"]) == ["cpu"] and cpu["name"]
+    assert positive(cpu["matmul_gflops"])
+    rows = cpu["training"]
+    assert [(r["data"], r["path"]) for r in rows] == \
+        [(d, p) for d in ("digits", "mnist") for p in TRAIN_PATHS]
+    for r in rows:
+        assert r["error"] is None, r
+        for key in ("seconds_per_epoch", "samples_per_second", "speedup_vs_baseline",
+                    "model_gflops", "fraction_of_matmul", "times_from_limit", "warmup_seconds",
+                    "timed_steps"):
+            assert positive(r[key]), (r["path"], key, r[key])
+        assert math.isfinite(r["peak_memory_mb"])
+        # samples/s and s/epoch describe the same measurement
+        assert r["samples_per_second"] * r["seconds_per_epoch"] == pytest.approx(r["n_train"])
+        assert r["model_gflops"] == pytest.approx(
+            r["samples_per_second"] * r["flops_per_sample"] / 1e9)
+    assert [r["speedup_vs_baseline"] for r in rows if r["path"] == "baseline"] == [1.0, 1.0]
+    mnist = [r for r in rows if r["data"] == "mnist"]
+    assert {r["params"] for r in mnist} == {652_824}
+    assert {r["flops_per_sample"] for r in mnist} == {6 * 652_824}
+    assert [(r["batch_size"], r["fused_adam"]) for r in cpu["breakdown"]] == \
+        [(128, False), (128, True), (1024, False), (1024, True)]
+    for r in cpu["breakdown"]:
+        assert positive(r["ms_per_step"]) and positive(r["gemm_gflops"])
+        assert 0 < r["gemm_share"] < 1 and 0 < r["adam_share"] < 1
+        assert r["gemm_share"] + r["adam_share"] + r["other_share"] == pytest.approx(1)
+    iwae = cpu["iwae"]
+    assert [r["k"] for r in iwae] == [10, 50]
+    for r in iwae:
+        assert r["error"] is None and r["finite"]
+        assert positive(r["seconds"]) and positive(r["gflops"])
+        assert r["mean_bound"] < 0  # a log-likelihood bound of binary images, in nats
+
+
+@pytest.mark.slow
+def test_quick_bench_table_is_the_rendering_of_its_json(quick_run):
+    results, stdout, out = quick_run
+    assert stdout == bench.render_markdown(results)
+    rendered = subprocess.run([sys.executable, "-m", "vaetut", "bench", "--render", str(out)],
+                              capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0 and rendered.stdout == stdout
+    lines = stdout.splitlines()
+    header = next(line for line in lines if line.startswith("| data |"))
+    assert "s / epoch" in header and "× baseline" in header and "% of matmul" in header
+    rows = [line for line in lines if line.startswith("| digits |") or
+            line.startswith("| mnist |")]
+    assert len(rows) == 2 * len(TRAIN_PATHS)
+    assert all(line.count("|") == header.count("|") for line in rows)
+    assert any(line.startswith("| k = 50 |") for line in lines)
+    assert sum(line.startswith("| 1024 | fused |") for line in lines) == 1
+
+
+def test_render_shows_a_failed_path():
+    results = {
+        "date": "2026-01-01", "command": "python -m vaetut bench", "note": None,
+        "machine": {"torch": "x", "torch_threads": 2, "cpu": "c", "cpu_count": 2, "cuda": None},
+        "devices": {"cpu": {"name": "c", "matmul_size": 8, "matmul_gflops": 1.0,
+                            "matmul_gflops_all": [1.0], "memory_method": "m", "data": {},
+                            "training": [{"data": "mnist", "path": "fit+compile",
+                                          "batch_size": 1024, "error": "RuntimeError: boom"}],
+                            "iwae": []}}}
+    table = bench.render_markdown(results)
+    assert "failed: RuntimeError: boom" in table
+
+
+@pytest.mark.slow
+def test_readme_table_is_replaced_between_its_markers_only(quick_run, tmp_path):
+    results, stdout, out = quick_run
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n\nintro\n")
+    bench.update_readme(readme, out)
+    first = readme.read_text()
+    assert first.startswith("# Benchmarks\n\nintro\n") and stdout in first
+    name = os.path.basename(out)
+    edited = first.replace(stdout, "stale table\n") + "\nafter\n"
+    readme.write_text(edited)
+    bench.update_readme(readme, out)
+    again = readme.read_text()
+    assert "stale table" not in again and stdout in again and again.endswith("\nafter\n")
+    assert again.count(f"<!-- bench:begin {name} -->") == 1
