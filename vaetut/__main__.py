@@ -37,7 +37,7 @@ def train(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from . import VAE, data, fit, plots
+    from . import VAE, data, distributed, fit, plots
 
     binarize = None if args.binarize == "none" else args.binarize
     if args.data == "digits":
@@ -53,6 +53,8 @@ def train(args: argparse.Namespace) -> int:
                   progress=not args.no_progress, checkpoint=checkpoint,
                   resume=not args.no_resume,
                   stochastic_binarization=binarize == "stochastic")
+    if distributed.env_rank() != 0:  # under torchrun, rank 0 alone writes and reports
+        return 0
     history.to_json(os.path.join(args.out, "history.json"))
     model.cpu().eval()
     x = dataset.test[:10]

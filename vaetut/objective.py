@@ -123,7 +123,9 @@ def iwae_bound(model: VAE, x: torch.Tensor, k: int, chunk_size: int | None = Non
     log (1/k) sum_i exp(log w_i), log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x),
     computed with log-sum-exp. The k samples are drawn in chunks of `chunk_size`
     (by default as many as keep one chunk's decoder output under `max_elements`
-    numbers), so memory does not grow with k. IWAE_1 is an ELBO estimate and IWAE_k
+    numbers), so memory does not grow with k when it is evaluated under torch.no_grad()
+    (with gradients on, each chunk's graph is kept for backward, and memory grows with k
+    after all). IWAE_1 is an ELBO estimate and IWAE_k
     rises towards log p(x) as k grows (Burda, Grosse and Salakhutdinov 2015).
     """
     check_input(model, x)

@@ -12,6 +12,7 @@ from tqdm.std import tqdm  # plain text: no widget needed in notebooks
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import binarize_stochastic
 from .device import pick_device
+from . import distributed as dist_utils
 from .model import VAE
 from .objective import ELBO, check_input, elbo
 
@@ -98,7 +99,8 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
         objective: Callable[..., ELBO] = elbo,
         on_epoch_end: Callable[[int, VAE, dict], None] | None = None,
         fused_adam: bool = False, check_every: int = 1,
-        compile: bool | str = False) -> History:
+        compile: bool | str = False, distributed: bool | None = None,
+        dist_timeout_s: float = 120.0) -> History:
     """Train `model` by gradient ascent on the mean ELBO of mini-batches; return a History.
 
     The data are moved to the device once and batched by indexing a seeded permutation;
@@ -126,6 +128,15 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
     - `compile=True` (or a torch.compile mode such as "reduce-overhead"): the objective
       is compiled with torch.compile (static shapes); equal within float rounding. The
       first steps pay the compilation (seconds to minutes).
+
+    Data parallelism (`vaetut.distributed`): launched by `torchrun --nproc-per-node N`,
+    or with `distributed=True`, each process joins the group (nccl on CUDA, gloo on CPU),
+    the model is wrapped in DistributedDataParallel, and each process computes its slice
+    of every global batch of `batch_size` (the noise of the whole batch is drawn on every
+    process and sliced, so the run follows the single-process one). Metrics are summed
+    over processes; only rank 0 writes the checkpoint and shows the progress bar. A
+    process that fails makes the others' next collective fail after `dist_timeout_s`
+    seconds at most, instead of hanging. `distributed=False` ignores a torchrun launch.
     """
     _check_positive("epochs", epochs)
     _check_positive("batch_size", batch_size)
@@ -141,6 +152,14 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
     if test is not None:
         check_input(model, test, "test")
     dev = pick_device(device)
+    if distributed is None:
+        distributed = dist_utils.launched_by_torchrun()
+    context = dist_utils.Context()
+    if distributed:
+        if compile or check_every > 1:
+            raise ValueError("compile and check_every > 1 are single-process fast paths; "
+                             "use them with distributed=False")
+        context, dev = dist_utils.join(dev, dist_timeout_s)
     model.to(dev)
     train = train.to(dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -169,45 +188,80 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
         step_objective = torch.compile(objective, dynamic=False,
                                        mode=None if compile is True else compile)
     lazy_check = check_every > 1
-    bar = tqdm(total=epochs, initial=start_epoch, disable=not progress, desc="fit", unit="epoch")
-    for epoch in range(start_epoch + 1, epochs + 1):
-        model.train()
-        x_epoch = binarize_stochastic(train, gen) if stochastic_binarization else train
-        sums = torch.zeros(3, dtype=torch.float64, device=dev)
-        if lazy_check:  # each step's loss, kept on the device and tested every check_every steps
-            losses, checked = torch.zeros(steps_per_epoch, device=dev), 0
-        for step, idx in enumerate(torch.randperm(n, generator=gen, device=dev).split(batch_size)):
-            terms = step_objective(model, x_epoch[idx], n_samples, gen, validate=False)
-            loss = -terms.elbo.mean()
-            if lazy_check:
-                losses[step] = loss.detach()
-                if (step + 1) % check_every == 0:
-                    _check_losses(losses, checked, step + 1, epoch, steps_per_epoch, lr,
-                                  check_every, checkpoint)
-                    checked = step + 1
-            elif not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss is {loss.item()} at epoch {epoch}, step {step + 1} of {steps_per_epoch}"
-                    f" (lr={lr}); the weights are those before this step"
-                    + (f" and {checkpoint!r} holds epoch {epoch - 1}" if checkpoint else ""))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums += torch.stack([t.detach().sum() for t in terms]).double()
-        if lazy_check and checked < steps_per_epoch:
-            _check_losses(losses, checked, steps_per_epoch, epoch, steps_per_epoch, lr,
-                          check_every, checkpoint)
-        record = {"epoch": epoch, **{f"train_{k}": v for k, v in zip(METRICS, (sums / n).tolist())}}
-        if test is not None:
-            record.update({f"test_{k}": v for k, v in evaluate(model, test, seed=seed + 1).items()})
-        history.records.append(record)
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, model, optimizer=optimizer.state_dict(),
-                            generator=gen.get_state(), history=history.records, epoch=epoch,
-                            seed=seed)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, model, record)
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k.endswith("elbo")})
-    bar.close()
+    ddp_objective = None
+    if distributed:
+        # DDP broadcasts rank 0's weights now and averages gradients over ranks in backward
+        ddp_objective = torch.nn.parallel.DistributedDataParallel(
+            dist_utils.ObjectiveModule(model, objective))
+    bar = tqdm(total=epochs, initial=start_epoch, disable=not (progress and context.is_main),
+               desc="fit", unit="epoch")
+    try:
+        for epoch in range(start_epoch + 1, epochs + 1):
+            model.train()
+            x_epoch = binarize_stochastic(train, gen) if stochastic_binarization else train
+            sums = torch.zeros(3, dtype=torch.float64, device=dev)
+            if lazy_check:  # each step's loss, kept on the device, tested every check_every steps
+                losses, checked = torch.zeros(steps_per_epoch, device=dev), 0
+            for step, idx in enumerate(torch.randperm(n, generator=gen, device=dev).split(batch_size)):
+                if ddp_objective is None:
+                    terms = step_objective(model, x_epoch[idx], n_samples, gen, validate=False)
+                    loss = global_loss = -terms.elbo.mean()
+                else:
+                    terms, loss, global_loss = _data_parallel_step(
+                        ddp_objective, model, x_epoch, idx, n_samples, gen, context)
+                if lazy_check:
+                    losses[step] = loss.detach()
+                    if (step + 1) % check_every == 0:
+                        _check_losses(losses, checked, step + 1, epoch, steps_per_epoch, lr,
+                                      check_every, checkpoint)
+                        checked = step + 1
+                elif not torch.isfinite(global_loss):
+                    raise NonFiniteLossError(
+                        f"loss is {global_loss.item()} at epoch {epoch}, step {step + 1} of "
+                        f"{steps_per_epoch} (lr={lr}); the weights are those before this step"
+                        + (f" and {checkpoint!r} holds epoch {epoch - 1}" if checkpoint else ""))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                sums += torch.stack([t.detach().sum() for t in terms]).double()
+            if lazy_check and checked < steps_per_epoch:
+                _check_losses(losses, checked, steps_per_epoch, epoch, steps_per_epoch, lr,
+                              check_every, checkpoint)
+            sums = dist_utils.all_reduce_sum(sums, context)
+            record = {"epoch": epoch,
+                      **{f"train_{k}": v for k, v in zip(METRICS, (sums / n).tolist())}}
+            if test is not None:
+                record.update({f"test_{k}": v
+                               for k, v in evaluate(model, test, seed=seed + 1).items()})
+            history.records.append(record)
+            if checkpoint is not None and context.is_main:
+                save_checkpoint(checkpoint, model, optimizer=optimizer.state_dict(),
+                                generator=gen.get_state(), history=history.records, epoch=epoch,
+                                seed=seed)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model, record)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k.endswith("elbo")})
+    finally:
+        bar.close()
+        dist_utils.leave(context)
     return history
+
+
+def _data_parallel_step(ddp_objective, model: VAE, x_epoch: torch.Tensor, idx: torch.Tensor,
+                        n_samples: int, gen: torch.Generator, context: dist_utils.Context):
+    """This rank's terms and loss for one global batch `idx`, and the global loss.
+
+    Every rank draws the noise of the whole batch (same generator, same order as the
+    single-process objective would) and keeps its slice. DDP averages gradients over the
+    world_size ranks, so this rank's loss is its sum of -ELBO times world_size / batch:
+    the average is then the gradient of the global batch mean, whatever the slice sizes.
+    """
+    dtype = next(model.parameters()).dtype
+    eps = torch.randn((n_samples, len(idx), model.z_dim), dtype=dtype, device=idx.device,
+                      generator=gen)
+    part = context.batch_slice(len(idx))
+    terms = ddp_objective(x_epoch[idx[part]], n_samples, gen, eps[:, part])
+    loss = -terms.elbo.sum() * (context.world_size / len(idx))
+    global_loss = dist_utils.all_reduce_sum(-terms.elbo.detach().sum(), context) / len(idx)
+    return terms, loss, global_loss
