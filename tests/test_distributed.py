@@ -17,8 +17,13 @@ FIT_ARGS = dict(epochs=2, batch_size=50, lr=3e-3, device="cpu", seed=0, progress
 SCRIPT = """
 import json, os, sys
 import torch, vaetut
+from vaetut import distributed
+from vaetut.train import _data_parallel_step
 
 rank = int(os.environ["RANK"])
+# the script joins the group itself (fit then uses it and leaves it up), so that the
+# check after fit runs in the same group rather than in a second one on the same store
+context, _ = distributed.join(torch.device("cpu"), timeout_s=20)
 seen = []
 
 def spy(model, x, *args, **kwargs):
@@ -34,16 +39,13 @@ history = vaetut.fit(model, digits.train[:230], digits.test[:40], objective=spy,
 json.dump(seen, open(os.path.join(sys.argv[1], f"batches-{{rank}}.json"), "w"))
 
 # one more global batch, by hand: this rank's share of the gradient, after DDP's average
-from vaetut import distributed
-from vaetut.train import _data_parallel_step
-context, _ = distributed.join(torch.device("cpu"))
 ddp = torch.nn.parallel.DistributedDataParallel(distributed.ObjectiveModule(model, vaetut.elbo))
 _, loss, global_loss = _data_parallel_step(ddp, model, digits.train, torch.arange(50), 1,
                                            torch.Generator().manual_seed(7), context)
 model.zero_grad()
 loss.backward()
 grads = {{name: p.grad for name, p in model.named_parameters()}}
-distributed.leave(context)
+distributed.leave()
 if rank == 0:
     torch.save({{"state": model.state_dict(), "history": history.records, "grads": grads,
                 "global_loss": global_loss}}, os.path.join(sys.argv[1], "result.pt"))

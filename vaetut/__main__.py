@@ -53,6 +53,7 @@ def train(args: argparse.Namespace) -> int:
                   progress=not args.no_progress, checkpoint=checkpoint,
                   resume=not args.no_resume,
                   stochastic_binarization=binarize == "stochastic")
+    distributed.leave()  # under torchrun: all collectives are done
     if distributed.env_rank() != 0:  # under torchrun, rank 0 alone writes and reports
         return 0
     history.to_json(os.path.join(args.out, "history.json"))

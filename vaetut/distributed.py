@@ -26,7 +26,6 @@ class Context:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    created_group: bool = False  # this process group was set up by `join` (and is torn down by `leave`)
 
     @property
     def is_main(self) -> bool:
@@ -69,16 +68,15 @@ def join(device: torch.device, timeout_s: float = 120.0) -> tuple[Context, torch
         torch.cuda.set_device(device)
     elif device.type != "cpu":
         raise ValueError(f"distributed training runs on cuda or cpu, not device={device}")
-    created = not dist.is_initialized()
-    if created:
+    if not dist.is_initialized():  # a group made by the caller (or an earlier fit) is reused
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=timedelta(seconds=timeout_s))
-    return Context(rank, world_size, local_rank, created), device
+    return Context(rank, world_size, local_rank), device
 
 
-def leave(context: Context) -> None:
-    """Tear down the process group if `join` made it."""
-    if context.created_group and dist.is_initialized():
+def leave() -> None:
+    """Tear down the process group, once no more collectives will run in this process."""
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -137,6 +137,9 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
     over processes; only rank 0 writes the checkpoint and shows the progress bar. A
     process that fails makes the others' next collective fail after `dist_timeout_s`
     seconds at most, instead of hanging. `distributed=False` ignores a torchrun launch.
+    The process group stays up after `fit` returns, so later calls in the same process
+    reuse it (a group torn down and made again on torchrun's store can hang); end it with
+    `vaetut.distributed.leave` or `torch.distributed.destroy_process_group()`.
     """
     _check_positive("epochs", epochs)
     _check_positive("batch_size", batch_size)
@@ -244,7 +247,6 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
             bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k.endswith("elbo")})
     finally:
         bar.close()
-        dist_utils.leave(context)
     return history
 
 
