@@ -12,6 +12,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import check_html  # noqa: E402
 
 GOOD_PAGE = """<html><body><main>
+<p><span class="bibtex-citation"><a href="other.html#top">Someone, 2020</a></span></p>
 <figure id="fig-a"><img src="a.png" alt="a picture"><figcaption>A caption.</figcaption></figure>
 <p>See <a href="#fig-a">the figure</a> and <a href="other.html#top">the other page</a>.</p>
 </main></body></html>"""
@@ -42,6 +43,7 @@ def test_toc_pages_reads_the_book_order():
     ('<div class="math notranslate">\\[x^2\\]</div>', "math left as raw TeX"),
     ('<p>as shown by {cite}`nobody2020`</p>', "unparsed role"),
     ('<p>see [?]</p>', "unresolved citation"),
+    ('<span class="bibtex-citation" id="id1">[]</span>', "unresolved citation"),
     ('<span class="xref std std-ref">fig-missing</span>', "unresolved reference"),
 ])
 def test_check_dom_finds_each_defect(broken, problem):

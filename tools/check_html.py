@@ -112,6 +112,9 @@ def check_dom(page: str, html: str) -> list[str]:
     text = main.get_text(" ")
     for role in re.findall(r"\{(?:cite|eq|numref|ref|doc)(?::\w+)?\}`[^`]*`", text):
         problems.append(f"unparsed role: {role}")
+    for cite in main.select(".bibtex-citation"):  # an unknown key renders as a bare "[]"
+        if not cite.find("a"):
+            problems.append(f"unresolved citation: {cite.get_text()!r}")
     for marker in main.select(".xref.std-ref, .xref.cite"):  # unresolved refs stay bare
         if marker.parent.name != "a":
             problems.append(f"unresolved reference: {marker.get_text()!r}")
