@@ -42,7 +42,8 @@ check-html: $(STAMP)
 
 ## Re-execute every notebook in place (CPU, fixed seeds and threads) to refresh outputs.
 notebooks: $(STAMP)
-	CUDA_VISIBLE_DEVICES= $(BIN)/python tools/execute_notebooks.py book/*.ipynb
+	CUDA_VISIBLE_DEVICES= $(BIN)/python tools/execute_notebooks.py book/*.ipynb \
+		--times benchmarks/results/notebook-times-cpu-2core.json
 
 ## Jupyter Lab in the project's environment (installs the pinned jupyterlab once).
 lab: $(STAMP)

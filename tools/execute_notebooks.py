@@ -2,13 +2,19 @@
 
 Used by `make notebooks`. The Makefile fixes the thread count and hides CUDA, so the
 stored outputs are the CPU ones that nbval compares against. Prints each notebook's
-wall time (those are not stored in the notebook, where nbval would compare them).
+wall time (those are not stored in the notebook, where nbval would compare them); with
+`--times FILE` also writes them as JSON, slowest first.
 """
-import sys
+import argparse
+import datetime
+import json
+import os
+import platform
 import time
 from pathlib import Path
 
 import nbformat
+import torch
 from nbclient import NotebookClient
 
 
@@ -23,6 +29,19 @@ def execute(path: Path, timeout: int = 900) -> float:
 
 
 if __name__ == "__main__":
-    for name in sys.argv[1:]:
-        seconds = execute(Path(name))
-        print(f"{name}: executed in {seconds:.1f} s", flush=True)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--times", help="write each notebook's wall time to this JSON file")
+    args = parser.parse_args()
+    times = {}
+    for path in args.notebooks:
+        times[path.name] = round(execute(path), 1)
+        print(f"{path}: executed in {times[path.name]:.1f} s", flush=True)
+    if args.times:
+        slowest = sorted(times.items(), key=lambda item: -item[1])
+        with open(args.times, "w") as f:
+            json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                       "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor(),
+                                   "torch": torch.__version__, "threads": os.environ.get("OMP_NUM_THREADS"),
+                                   "load_average": list(os.getloadavg())},
+                       "seconds": dict(slowest), "slowest": slowest[0][0]}, f, indent=1)
