@@ -26,13 +26,8 @@ import torch
 
 from .exact import DTYPE, LinearGaussian, sample_q
 from .model import VAE
-from .objective import (ELBO, check_input, kl_to_prior, log_diag_normal, log_px_given_z,
-                        log_standard_normal, reparameterize)
-
-
-def _check_count(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+from .objective import (ELBO, check_count, check_input, kl_to_prior, log_diag_normal,
+                        log_px_given_z, log_standard_normal, reparameterize)
 
 
 # ----- IWAE on the exact model ---------------------------------------------------------
@@ -45,8 +40,8 @@ def iwae_exact(model: LinearGaussian, x, q_mean, q_cov, k: int,
     drawn in chunks and combined with log-sum-exp. With q the exact posterior every
     log w_i equals log p(x) and IWAE_k = log p(x) for every k.
     """
-    _check_count("k", k)
-    _check_count("chunk_size", chunk_size)
+    check_count("k", k)
+    check_count("chunk_size", chunk_size)
     x, q_mean, q_cov, chol = model._check_q(x, q_mean, q_cov)
     q = torch.distributions.MultivariateNormal(q_mean, scale_tril=chol.expand(
         len(q_mean), model.z_dim, model.z_dim))
@@ -82,7 +77,7 @@ def iwae_objective(model: VAE, x: torch.Tensor, n_samples: int = 1,
     """
     if validate:
         check_input(model, x)
-        _check_count("n_samples", n_samples)
+        check_count("n_samples", n_samples)
     q_mean, q_log_var = model.encoder(x)
     z = reparameterize(q_mean, q_log_var, n_samples, generator)  # (k, B, z_dim)
     log_px_z = log_px_given_z(model, x, z)  # (k, B)
@@ -141,8 +136,8 @@ def optimize_q(model: VAE | LinearGaussian, x: torch.Tensor, steps: int = 300,
     to the true one (check it on a fresh bank). The examples do not interact: the sum of
     their ELBOs is maximized, and each term depends only on its own (m_b, v_b).
     """
-    _check_count("steps", steps)
-    _check_count("n_samples", n_samples)
+    check_count("steps", steps)
+    check_count("n_samples", n_samples)
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     exact = isinstance(model, LinearGaussian)

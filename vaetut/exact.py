@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import torch
 
+from .objective import check_count
+
 LOG_2PI = math.log(2 * math.pi)
 DTYPE = torch.float64
 
@@ -88,15 +90,10 @@ def sample_q(q_mean: torch.Tensor, q_cov: torch.Tensor, n: int,
     if q_mean.dim() != 2:
         raise ValueError(f"q_mean must have shape (N, K), got {tuple(q_mean.shape)}")
     q_cov = _check_q_cov(q_cov, *q_mean.shape)
-    _check_count("n", n)
+    check_count("n", n)
     chol = _cholesky(q_cov, "q_cov")
     eps = torch.randn((n, *q_mean.shape), dtype=DTYPE, generator=generator)  # (n, N, K)
     return q_mean + (chol @ eps.unsqueeze(-1)).squeeze(-1)
-
-
-def _check_count(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _check_q_cov(q_cov, n: int, k: int) -> torch.Tensor:
@@ -160,7 +157,7 @@ class LinearGaussian:
             raise ValueError(f"x must have shape (N, D), got {tuple(x.shape)}")
         _check_finite(x, "x")
         n, d = x.shape
-        _check_count("z_dim", z_dim)
+        check_count("z_dim", z_dim)
         if z_dim >= d:
             raise ValueError(f"z_dim must be smaller than the data dimension {d}, got {z_dim}")
         if ddof not in (0, 1) or n <= ddof + 1:
@@ -288,7 +285,7 @@ class LinearGaussian:
         is used); with analytic_kl=True the average of log p(x|z_s) minus the closed-form
         KL(q || p(z)), as a VAE computes it. Returns the mean and its standard error."""
         x, m, s, chol_s = self._check_q(x, q_mean, q_cov)
-        _check_count("n_samples", n_samples)
+        check_count("n_samples", n_samples)
         if n_samples < 2:
             raise ValueError("n_samples must be at least 2 to give a standard error")
         eps = torch.randn((n_samples, *m.shape), dtype=DTYPE, generator=generator)  # (S, N, K)

@@ -91,7 +91,8 @@ def check_input(model: VAE, x: torch.Tensor, name: str = "x") -> None:
                          f"[{x.min().item():.3g}, {x.max().item():.3g}]")
 
 
-def _check_count(name: str, value: int) -> None:
+def check_count(name: str, value: int) -> None:
+    """Raise ValueError naming `name` unless value is a positive int (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
@@ -107,7 +108,7 @@ def elbo(model: VAE, x: torch.Tensor, n_samples: int = 1,
     """
     if validate:
         check_input(model, x)
-        _check_count("n_samples", n_samples)
+        check_count("n_samples", n_samples)
     q_mean, q_log_var = model.encoder(x)
     z = reparameterize(q_mean, q_log_var, n_samples, generator, eps)  # (S, B, z_dim)
     recon = log_px_given_z(model, x, z).mean(0)  # (B,)
@@ -129,10 +130,10 @@ def iwae_bound(model: VAE, x: torch.Tensor, k: int, chunk_size: int | None = Non
     rises towards log p(x) as k grows (Burda, Grosse and Salakhutdinov 2015).
     """
     check_input(model, x)
-    _check_count("k", k)
+    check_count("k", k)
     if chunk_size is None:
         chunk_size = max(1, min(k, max_elements // max(1, x.shape[0] * model.x_dim)))
-    _check_count("chunk_size", chunk_size)
+    check_count("chunk_size", chunk_size)
     q_mean, q_log_var = model.encoder(x)
     chunk_lse = []
     for start in range(0, k, chunk_size):

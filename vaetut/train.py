@@ -14,7 +14,7 @@ from .data import binarize_stochastic
 from .device import pick_device
 from . import distributed as dist_utils
 from .model import VAE
-from .objective import ELBO, check_input, elbo
+from .objective import ELBO, check_count, check_input, elbo
 
 METRICS = ("elbo", "log_px_given_z", "kl_to_prior")
 
@@ -64,10 +64,10 @@ def evaluate(model: VAE, x: torch.Tensor, batch_size: int = 1024, n_samples: int
     return dict(zip(METRICS, (sums / len(x)).tolist()))
 
 
-def _check_positive(name: str, value: Any, kind: type = int) -> None:
-    ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-    if not ok or not value > 0 or (kind is float and not math.isfinite(value)):
-        raise ValueError(f"{name} must be a positive {kind.__name__}, got {value!r}")
+def _check_positive_float(name: str, value: Any) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be a positive float, got {value!r}")
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -141,11 +141,11 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
     reuse it (a group torn down and made again on torchrun's store can hang); end it with
     `vaetut.distributed.leave` or `torch.distributed.destroy_process_group()`.
     """
-    _check_positive("epochs", epochs)
-    _check_positive("batch_size", batch_size)
-    _check_positive("lr", lr, float)
-    _check_positive("n_samples", n_samples)
-    _check_positive("check_every", check_every)
+    check_count("epochs", epochs)
+    check_count("batch_size", batch_size)
+    _check_positive_float("lr", lr)
+    check_count("n_samples", n_samples)
+    check_count("check_every", check_every)
     if not isinstance(fused_adam, bool):
         raise ValueError(f"fused_adam must be True or False, got {fused_adam!r}")
     if not (isinstance(compile, bool) or compile in COMPILE_MODES):
