@@ -3,22 +3,11 @@ import pytest
 import torch
 
 import vaetut
+from helpers import run, small_model
 from vaetut import NonFiniteLossError
 
 # Steps of fit on the digits with batch 64: ceil(1437 / 64) = 23 per epoch.
 STEPS = 23
-
-
-def small_model(seed=0):
-    torch.manual_seed(seed)
-    return vaetut.VAE(64, 4, hidden=(32,))
-
-
-def run(digits, epochs=3, **kwargs):
-    model = small_model()
-    history = vaetut.fit(model, digits.train, digits.test, epochs=epochs, batch_size=64,
-                         lr=3e-3, device="cpu", seed=0, progress=False, **kwargs)
-    return model, history
 
 
 def max_param_diff(m1, m2):

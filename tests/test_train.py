@@ -9,19 +9,8 @@ import pytest
 import torch
 
 import vaetut
+from helpers import run, small_model
 from vaetut import NonFiniteLossError
-
-
-def small_model(seed=0):
-    torch.manual_seed(seed)
-    return vaetut.VAE(64, 4, hidden=(32,))
-
-
-def run(digits, epochs=4, **kwargs):
-    model = small_model()
-    history = vaetut.fit(model, digits.train, digits.test, epochs=epochs, batch_size=64,
-                         lr=3e-3, device="cpu", seed=0, progress=False, **kwargs)
-    return model, history
 
 
 def test_a_few_epochs_raise_the_test_elbo_clearly(digits):
