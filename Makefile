@@ -5,10 +5,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# The stored notebook outputs were made with these; fixed so that they reproduce.
-export OMP_NUM_THREADS := 2
-export MKL_NUM_THREADS := 2
-export PYTHONHASHSEED := 0
+# Pinned CPU numerics (threads, MKL, ATen, oneDNN, OpenBLAS, NumPy dispatch): the stored
+# notebook outputs were made with these and reproduce bit for bit under them on any x86-64
+# CPU. One file holds them; every target below runs with them exported.
+include numerics.env
+export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' numerics.env)
+# `make notebooks NOTEBOOKS=book/03_training.ipynb` re-executes one chapter only.
+NOTEBOOKS ?= $(wildcard book/*.ipynb)
 # pip's notes about index folders it skips are noise, not errors.
 PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
@@ -42,7 +45,7 @@ check-html: $(STAMP)
 
 ## Re-execute every notebook in place (CPU, fixed seeds and threads) to refresh outputs.
 notebooks: $(STAMP)
-	CUDA_VISIBLE_DEVICES= $(BIN)/python tools/execute_notebooks.py book/*.ipynb \
+	CUDA_VISIBLE_DEVICES= $(BIN)/python tools/execute_notebooks.py $(NOTEBOOKS) \
 		--times benchmarks/results/notebook-times-cpu-2core.json
 
 ## Jupyter Lab in the project's environment (installs the pinned jupyterlab once).

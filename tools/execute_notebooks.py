@@ -17,6 +17,11 @@ import nbformat
 import torch
 from nbclient import NotebookClient
 
+# The settings of numerics.env, recorded beside the times so a reader sees what ran.
+PINNED = [line.split("=", 1)[0] for line in
+          (Path(__file__).resolve().parent.parent / "numerics.env").read_text().splitlines()
+          if line and not line.startswith("#")]
+
 
 def execute(path: Path, timeout: int = 900) -> float:
     nb = nbformat.read(path, as_version=4)
@@ -37,11 +42,17 @@ if __name__ == "__main__":
     for path in args.notebooks:
         times[path.name] = round(execute(path), 1)
         print(f"{path}: executed in {times[path.name]:.1f} s", flush=True)
-    if args.times:
+    if args.times:  # a run of some notebooks updates their entries and keeps the others'
+        try:
+            with open(args.times) as f:
+                times = {**json.load(f).get("seconds", {}), **times}
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
         slowest = sorted(times.items(), key=lambda item: -item[1])
         with open(args.times, "w") as f:
             json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor(),
                                    "torch": torch.__version__, "threads": os.environ.get("OMP_NUM_THREADS"),
                                    "load_average": list(os.getloadavg())},
+                       "pinned": {k: os.environ.get(k) for k in PINNED},
                        "seconds": dict(slowest), "slowest": slowest[0][0]}, f, indent=1)
