@@ -55,3 +55,17 @@ def test_pick_device():
         with pytest.raises(ValueError, match="device"):
             vaetut.fit(vaetut.VAE(4, 2), torch.rand(8, 4), epochs=1, device="cuda",
                        progress=False)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: vaetut.VAE(64, 8, hidden=128), r"hidden must be a sequence of positive ints.*\(128,\)"),
+    (lambda: vaetut.VAE(64, 8, hidden="128"), r"hidden must be a sequence"),
+    (lambda: vaetut.VAE(64, 8, hidden=None), r"hidden must be a sequence"),
+    (lambda: vaetut.model.Encoder(64, 8, hidden=128), r"hidden must be a sequence"),
+    (lambda: vaetut.model.Encoder(64, 0, hidden=(8,)), r"z_dim must be a positive int"),
+    (lambda: vaetut.model.Decoder(8, 64, hidden=(8,), likelihood="poisson"), "likelihood"),
+    (lambda: vaetut.model.Decoder(8, 64.0, hidden=(8,), likelihood="gaussian"), "x_dim"),
+])
+def test_bad_hidden_widths_name_the_argument(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()

@@ -169,3 +169,22 @@ def test_bad_sample_counts(kwargs, match):
         vaetut.elbo(vaetut.VAE(10, 2), torch.rand(2, 10), **kwargs)
     with pytest.raises(ValueError, match="k must be a positive int"):
         vaetut.iwae_bound(vaetut.VAE(10, 2), torch.rand(2, 10), k=0)
+
+
+def test_float64_data_on_a_float32_model_are_refused_with_the_fix():
+    model, x = vaetut.VAE(10, 2), torch.rand(3, 10, dtype=torch.float64)  # as from_numpy gives
+    for call in (lambda: vaetut.elbo(model, x), lambda: vaetut.iwae_bound(model, x, k=2)):
+        with pytest.raises(ValueError, match=r"x has dtype torch\.float64 but the model's "
+                                             r"weights are torch\.float32.*x\.float\(\)"):
+            call()
+    # a float64 model takes float64 data
+    assert vaetut.elbo(model.double(), x).elbo.dtype == torch.float64
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_empty_input_is_refused(likelihood):
+    model = vaetut.VAE(10, 2, likelihood=likelihood)
+    with pytest.raises(ValueError, match=r"x is empty"):
+        vaetut.elbo(model, torch.rand(0, 10))
+    with pytest.raises(ValueError, match=r"x is empty"):
+        vaetut.iwae_bound(model, torch.rand(0, 10), k=2)

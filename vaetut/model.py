@@ -13,6 +13,24 @@ from torch import nn
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
+def _check_dims(x_dim, z_dim, hidden, likelihood=None) -> tuple[int, ...]:
+    """Raise ValueError naming the argument unless x_dim and z_dim are positive ints,
+    hidden a sequence of positive ints and likelihood one of LIKELIHOODS (when given);
+    return hidden as a tuple."""
+    for name, value in (("x_dim", x_dim), ("z_dim", z_dim)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+        raise ValueError(f"hidden must be a sequence of positive ints such as (128,) or "
+                         f"(256, 128), got {hidden!r}")
+    hidden = tuple(hidden)
+    if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+        raise ValueError(f"hidden must be a sequence of positive ints, got {hidden!r}")
+    if likelihood is not None and likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    return hidden
+
+
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
     """Linear layers of the given sizes with ReLU between them (none after the last)."""
     layers: list[nn.Module] = []
@@ -28,6 +46,7 @@ class Encoder(nn.Module):
 
     def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int]):
         super().__init__()
+        hidden = _check_dims(x_dim, z_dim, hidden)
         self.body = _mlp([x_dim, *hidden])
         self.act = nn.ReLU() if hidden else nn.Identity()
         width = hidden[-1] if hidden else x_dim
@@ -51,6 +70,7 @@ class Decoder(nn.Module):
         self.likelihood = likelihood
         self.net = _mlp([z_dim, *reversed(hidden), x_dim])
         if likelihood == "gaussian":
+        hidden = _check_dims(x_dim, z_dim, hidden, likelihood)
             self.log_var = nn.Parameter(torch.zeros(x_dim))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -70,14 +90,7 @@ class VAE(nn.Module):
     def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (128,),
                  likelihood: str = "bernoulli"):
         super().__init__()
-        for name, value in (("x_dim", x_dim), ("z_dim", z_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        hidden = tuple(hidden)
-        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
-            raise ValueError(f"hidden must be a sequence of positive ints, got {hidden!r}")
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        hidden = _check_dims(x_dim, z_dim, hidden, likelihood)
         self.config = {"x_dim": x_dim, "z_dim": z_dim, "hidden": list(hidden),
                        "likelihood": likelihood}
         self.x_dim, self.z_dim, self.likelihood = x_dim, z_dim, likelihood

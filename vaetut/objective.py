@@ -77,13 +77,21 @@ def log_diag_normal(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) 
 
 
 def check_input(model: VAE, x: torch.Tensor, name: str = "x") -> None:
-    """Raise ValueError naming `name` unless x is a finite (B, x_dim) float tensor that
-    the model's likelihood can score."""
+    """Raise ValueError naming `name` unless x is a finite, non-empty (B, x_dim) float
+    tensor of the model's dtype that the model's likelihood can score."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point torch.Tensor, got {type(x).__name__}"
                          + (f" of dtype {x.dtype}" if isinstance(x, torch.Tensor) else ""))
     if x.dim() != 2 or x.shape[1] != model.x_dim:
         raise ValueError(f"{name} must have shape (batch, {model.x_dim}), got {tuple(x.shape)}")
+    if len(x) == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): it needs at least one "
+                         "example")
+    dtype = next(model.parameters()).dtype
+    if x.dtype != dtype:
+        raise ValueError(f"{name} has dtype {x.dtype} but the model's weights are {dtype}: "
+                         f"convert the data with {name}.to({dtype}) (for float32, "
+                         f"{name}.float()), or the model with model.to({x.dtype})")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     if model.likelihood == "bernoulli" and (x.min() < 0 or x.max() > 1):
