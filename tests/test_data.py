@@ -107,3 +107,66 @@ def test_a_vae_trains_on_mnist_files(tmp_path):
     history = vaetut.fit(model, mnist.train, mnist.test, epochs=2, batch_size=16,
                          device="cpu", progress=False)
     assert len(history) == 2
+
+
+def test_an_image_file_in_the_labels_slot_is_named(tmp_path):
+    make_mnist(tmp_path, compress=False)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros((6, 28, 28)), compress=False)
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte.*1 dimension.*\(6, 28, 28\)"):
+        load_mnist(tmp_path)
+
+
+def test_a_labels_file_in_the_images_slot_is_named(tmp_path):
+    make_mnist(tmp_path, compress=False)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros(4), compress=False)
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.*3 dimensions"):
+        load_mnist(tmp_path)
+
+
+def test_train_and_test_images_of_different_sizes_are_refused(tmp_path):
+    make_mnist(tmp_path, compress=False)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((4, 20, 20)), compress=False)
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.*20x20.*28x28"):
+        load_mnist(tmp_path)
+
+
+def test_an_empty_split_is_refused(tmp_path):
+    make_mnist(tmp_path, compress=False, n_test=0)
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.*no images"):
+        load_mnist(tmp_path)
+
+
+@pytest.mark.parametrize("name, data, says", [
+    ("short-header", b"\x00\x00\x08\x03\x00\x00\x00\x02", r"header .*3 dimensions.*8 bytes"),
+    ("no-dims", b"\x00\x00\x08\x00\x07", r"0 dimensions"),
+    ("empty", b"", r"too short"),
+])
+def test_read_idx_names_the_file_for_every_malformed_header(tmp_path, name, data, says):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=rf"{name}.*{says}"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip", "bad crc"])
+def test_read_idx_names_a_broken_gz_file(tmp_path, damage):
+    path = tmp_path / "x-idx1-ubyte.gz"
+    write_idx(path, np.arange(100), compress=True)
+    good = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(good[:len(good) // 2])
+    elif damage == "not gzip":
+        path.write_bytes(b"this is not gzip data at all")
+    else:
+        path.write_bytes(good[:-8] + bytes(8))
+    with pytest.raises(ValueError, match=r"x-idx1-ubyte\.gz.*gzip"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("fraction, empty", [(0.9999, "training"), (1e-5, None)])
+def test_digits_split_never_leaves_a_split_empty(fraction, empty):
+    if empty is None:  # a tiny fraction still gives one test image
+        assert len(load_digits(test_fraction=fraction).test) == 1
+        return
+    with pytest.raises(ValueError, match=rf"test_fraction=0.9999 leaves 0 {empty} images"):
+        load_digits(test_fraction=fraction)

@@ -10,6 +10,7 @@ import gzip
 import math
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,21 +81,42 @@ def load_digits(binarize: str | None = None, test_fraction: float = 0.2, seed: i
     labels = torch.tensor(bunch.target, dtype=torch.int64)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     n_test = math.ceil(test_fraction * len(images))  # as scikit-learn rounds a test fraction
+    if n_test >= len(images):
+        raise ValueError(f"test_fraction={test_fraction!r} leaves 0 training images of "
+                         f"{len(images)}; use a test_fraction of at most "
+                         f"{(len(images) - 1) / len(images):.4f}")
     test_idx, train_idx = order[:n_test], order[n_test:]
     train, test = _apply_binarize(images[train_idx], images[test_idx], binarize, seed)
     return Dataset(train, labels[train_idx], test, labels[test_idx], (8, 8), binarize)
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (the MNIST format), gzip-compressed or raw, as a uint8 array."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    """Read one IDX file (the MNIST format), gzip-compressed or raw, as a uint8 array.
+
+    A malformed file (a damaged .gz, a header shorter than it claims, a body of another
+    size than the header says) is a ValueError naming the file and what is wrong."""
+    if str(path).endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+            raise ValueError(f"{path}: a damaged or incomplete gzip file ({type(err).__name__}: "
+                             f"{err or 'ends too early'}); download it again") from err
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
     if len(data) < 4:
         raise ValueError(f"{path}: too short to be an IDX file")
     zero, dtype_code, n_dims = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    if n_dims == 0:
+        raise ValueError(f"{path}: the IDX header says 0 dimensions; an IDX array has at "
+                         "least one")
+    if len(data) < 4 + 4 * n_dims:
+        raise ValueError(f"{path}: the IDX header says {n_dims} dimensions, which needs "
+                         f"{4 + 4 * n_dims} bytes of header, but the file holds "
+                         f"{len(data)} bytes")
     shape = struct.unpack(f">{n_dims}I", data[4:4 + 4 * n_dims])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * n_dims)
     if body.size != int(np.prod(shape)):
@@ -120,12 +142,26 @@ def load_mnist(root: str | os.PathLike, binarize: str | None = None, seed: int =
     if not os.path.isdir(root):
         raise FileNotFoundError(f"root must be a folder holding the MNIST IDX files; "
                                 f"{os.path.abspath(root)!r} is not a folder")
-    arrays = {key: read_idx(_find_idx(root, stem)) for key, stem in MNIST_FILES.items()}
+    paths = {key: _find_idx(root, stem) for key, stem in MNIST_FILES.items()}
+    arrays = {key: read_idx(path) for key, path in paths.items()}
+    for key, path in paths.items():
+        shape, images_file = arrays[key].shape, key.endswith("images")
+        if len(shape) != (3 if images_file else 1):
+            raise ValueError(
+                f"{path}: an MNIST {'images' if images_file else 'labels'} file has "
+                f"{'3 dimensions (N, height, width)' if images_file else '1 dimension (N,)'}, "
+                f"this one has shape {shape}; is it the right file?")
     for split in ("train", "test"):
         n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
         if n_img != n_lab:
             raise ValueError(f"MNIST {split} split has {n_img} images but {n_lab} labels")
+        if n_img == 0:
+            raise ValueError(f"{paths[f'{split}_images']}: holds no images")
     h, w = arrays["train_images"].shape[1:]
+    th, tw = arrays["test_images"].shape[1:]
+    if (th, tw) != (h, w):
+        raise ValueError(f"{paths['test_images']}: test images are {th}x{tw} but the training "
+                         f"images ({paths['train_images']}) are {h}x{w}")
 
     def images(key):
         return torch.tensor(arrays[key].reshape(len(arrays[key]), -1), dtype=torch.float32) / 255.0
