@@ -1,0 +1,79 @@
+"""numerics.env: under its settings a CPU run does not depend on what the CPU offers.
+
+A fresh machine may be Intel or AMD, with or without AVX-512. We cannot change the CPU in
+a test, but each library's instruction-set knob makes it behave as on a CPU that offers
+less: under the pinned settings, capping MKL's and oneDNN's instructions and NumPy's
+dispatch must leave a training run, an exact-model evidence and a PCA bit-identical. The
+same run without the pins must come out differently (so the fingerprint can see a change).
+"""
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PINNED = dict(line.split("=", 1) for line in (ROOT / "numerics.env").read_text().splitlines()
+              if line and not line.startswith("#"))
+
+FINGERPRINT = r"""
+import hashlib
+import numpy as np
+import torch
+from sklearn.decomposition import PCA
+import vaetut
+
+torch.manual_seed(0)
+digits = vaetut.data.load_digits(binarize="fixed")
+model = vaetut.VAE(64, 8, (64,))
+vaetut.fit(model, digits.train, epochs=2, batch_size=64, lr=3e-3, progress=False, device="cpu")
+exact = vaetut.LinearGaussian.from_pca(digits.train.double(), 4)
+parts = [p.detach().numpy().tobytes() for p in model.parameters()]
+parts.append(exact.log_evidence(digits.test.double()).numpy().tobytes())
+parts.append(PCA(10).fit(digits.train.double().numpy()).components_.tobytes())
+grid = np.linspace(0.01, 5.0, 10_001)
+parts.append((np.exp(grid) + np.log(grid) + np.tanh(grid)).tobytes())
+print(hashlib.sha256(b"".join(parts)).hexdigest())
+"""
+
+
+def fingerprint(**changes: str | None) -> str:
+    env = {**os.environ, **PINNED}
+    for name, value in changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return subprocess.run([sys.executable, "-c", FINGERPRINT], env=env, capture_output=True,
+                          text=True, check=True, timeout=300).stdout.strip()
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="make pins x86-64 only")
+def test_the_makefile_exports_every_pinned_setting_to_its_targets():
+    env = {k: v for k, v in os.environ.items() if k not in PINNED}  # not inherited from here
+    shown = subprocess.run(["make", "-s", "numerics"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=60, check=True).stdout
+    assert dict(line.split("=", 1) for line in shown.splitlines()) == PINNED
+
+
+@pytest.fixture(scope="module")
+def pinned():
+    return fingerprint()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 code paths")
+def test_pinned_runs_do_not_depend_on_the_instructions_the_cpu_offers(pinned):
+    as_if_no_avx512 = fingerprint(MKL_ENABLE_INSTRUCTIONS="AVX2", ONEDNN_MAX_CPU_ISA="AVX2",
+                                  NPY_DISABLE_CPU_FEATURES="X86_V4,AVX512_ICL,AVX512_SPR")
+    as_if_older = fingerprint(MKL_ENABLE_INSTRUCTIONS="SSE4_2", ONEDNN_MAX_CPU_ISA="SSE41")
+    assert pinned == as_if_no_avx512 == as_if_older
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 code paths")
+def test_without_the_pins_the_fingerprint_changes(pinned):
+    # ATen's vectorized kernels and MKL's own dispatch sum in another order
+    assert pinned != fingerprint(ATEN_CPU_CAPABILITY=None, MKL_CBWR=None)
