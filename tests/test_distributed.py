@@ -126,3 +126,16 @@ def test_the_cli_trains_unchanged_under_torchrun(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"checkpoint.pt", "history.json", "samples.png"}
     assert [r["epoch"] for r in json.loads((tmp_path / "history.json").read_text())] == [1, 2]
     assert result.stdout.count('"epoch": 2') == 1  # only rank 0 reports
+
+
+def test_more_processes_than_gpus_stop_at_once_with_both_numbers(monkeypatch):
+    from vaetut import distributed
+
+    for name, value in dict(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2",
+                            MASTER_ADDR="127.0.0.1", MASTER_PORT="29999").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"2 processes per node need 2 GPUs.*but 1 is visible"
+                                         r".*--nproc-per-node 1.*gloo"):
+        distributed.join(torch.device("cuda"))
+    assert not torch.distributed.is_initialized()

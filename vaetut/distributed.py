@@ -64,6 +64,16 @@ def join(device: torch.device, timeout_s: float = 120.0) -> tuple[Context, torch
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     if device.type == "cuda":
+        # each process needs a GPU of its own; every rank sees the same numbers, so all
+        # of them stop here at once instead of one failing deep inside CUDA
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))
+        visible = torch.cuda.device_count()
+        if max(per_node, local_rank + 1) > visible:
+            raise ValueError(
+                f"{per_node} processes per node need {per_node} GPUs on device={device.type!r}, "
+                f"but {visible} {'is' if visible == 1 else 'are'} visible: launch at most "
+                f"{visible} (torchrun --nproc-per-node {visible}), or train on the CPU with "
+                "gloo (device='cpu', or --device cpu)")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     elif device.type != "cpu":
