@@ -11,6 +11,7 @@ import torch
 import vaetut
 from helpers import run, small_model
 from vaetut import NonFiniteLossError
+from vaetut.bounds import iwae_objective
 
 
 def test_a_few_epochs_raise_the_test_elbo_clearly(digits):
@@ -67,21 +68,20 @@ def test_stochastic_binarization_resamples_the_training_pixels(digits):
 
 def test_a_nan_loss_stops_fit_naming_epoch_and_step(digits, tmp_path):
     model = small_model()
-    vaetut.fit(model, digits.train, epochs=1, batch_size=64, device="cpu", progress=False,
-               checkpoint=tmp_path / "ck.pt")
     calls = {"n": 0}
 
     def poisoned(model, x, *args, **kwargs):
         calls["n"] += 1
         terms = vaetut.elbo(model, x, *args, **kwargs)
-        if calls["n"] == 3:
+        if calls["n"] == 23 + 3:  # epoch 2, step 3
             return terms._replace(elbo=terms.elbo * float("nan"))
         return terms
 
     before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 2, step 3 of 23"):
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 2, step 3 of 23") as info:
         vaetut.fit(model, digits.train, epochs=3, batch_size=64, device="cpu", progress=False,
                    checkpoint=tmp_path / "ck.pt", objective=poisoned)
+    assert "ck.pt') holds epoch 1" in str(info.value)
     # the checkpoint of the last good epoch is intact, and the weights were not touched by the NaN
     _, payload = vaetut.load_checkpoint(tmp_path / "ck.pt")
     assert payload["epoch"] == 1
@@ -192,3 +192,161 @@ def test_a_killed_training_run_resumes_to_the_same_model(tmp_path):
         assert torch.equal(w_killed[name], w_whole[name]), name
     history = json.loads((killed / "history.json").read_text())
     assert [r["epoch"] for r in history] == list(range(1, epochs + 1))
+
+
+# --- training that never lies: issue 14 ---------------------------------------------------
+
+def test_a_step_that_ruins_the_model_fails_the_epoch_before_anything_is_saved(digits, tmp_path):
+    # one step per epoch: the loss checked before it is finite, the step itself ruins the model
+    torch.manual_seed(0)
+    model = vaetut.VAE(64, 8, (32,))
+    seen = []
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1: test_elbo is nan") as info:
+        vaetut.fit(model, digits.train[:400], digits.test[:100], epochs=1, batch_size=400,
+                   lr=10.0, device="cpu", progress=False, checkpoint=tmp_path / "c.pt",
+                   on_epoch_end=lambda *args: seen.append(args))
+    assert seen == [] and not (tmp_path / "c.pt").exists()
+    assert "holds epoch" not in str(info.value) and "nothing was written" in str(info.value)
+
+
+def test_non_finite_weights_fail_the_epoch_even_without_a_test_set(digits, tmp_path):
+    calls = {"n": 0}
+
+    def sabotage(model, x, *args, **kwargs):  # finite loss, then the weights become inf
+        calls["n"] += 1
+        terms = vaetut.elbo(model, x, *args, **kwargs)
+        if calls["n"] == 23 + 23:  # the last step of epoch 2
+            with torch.no_grad():
+                model.decoder.net[0].bias[0] = float("inf")
+        return terms
+
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2: .*decoder\.net\.0\.bias") as info:
+        run_model = small_model()
+        vaetut.fit(run_model, digits.train, epochs=3, batch_size=64, device="cpu",
+                   progress=False, checkpoint=tmp_path / "ck.pt", objective=sabotage)
+    assert "ck.pt') holds epoch 1" in str(info.value)
+    assert vaetut.load_checkpoint(tmp_path / "ck.pt")[1]["epoch"] == 1
+
+
+def test_a_nan_in_the_first_epoch_does_not_claim_a_checkpoint_exists(digits, tmp_path):
+    model = small_model()
+    with torch.no_grad():
+        model.decoder.net[0].weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="epoch 1, step 1") as info:
+        vaetut.fit(model, digits.train, epochs=1, device="cpu", progress=False,
+                   checkpoint=tmp_path / "ck.pt")
+    assert "holds epoch" not in str(info.value)
+    assert "nothing was written to" in str(info.value)
+
+
+def _fit_args(digits, **changes):
+    args = dict(train=digits.train, test=digits.test, epochs=2, batch_size=64, lr=3e-3,
+                device="cpu", seed=0, n_samples=1, progress=False)
+    args.update(changes)
+    return args
+
+
+@pytest.mark.parametrize("changes, named", [
+    (dict(lr=1e-9), "lr"), (dict(seed=1), "seed"), (dict(batch_size=32), "batch_size"),
+    (dict(n_samples=2), "n_samples"), (dict(stochastic_binarization=True), "stochastic_binarization"),
+    (dict(objective=iwae_objective), "objective"),
+    ("train", "train data"), ("test", "test data"),
+])
+def test_resuming_with_a_different_run_definition_is_refused(digits, tmp_path, changes, named):
+    path = tmp_path / "a.pt"
+    first = _fit_args(digits)
+    vaetut.fit(small_model(), checkpoint=path, **first)
+    if changes == "train":
+        changes = dict(train=1 - digits.train)
+    elif changes == "test":
+        changes = dict(test=digits.test[:100])
+    args = {**_fit_args(digits, **changes), "epochs": 3}
+    with pytest.raises(ValueError, match=rf"cannot resume .*a\.pt.*{named}") as info:
+        vaetut.fit(small_model(), checkpoint=path, **args)
+    assert "resume=False" in str(info.value)
+    assert vaetut.load_checkpoint(path)[1]["epoch"] == 2  # untouched
+
+
+def test_asking_for_fewer_epochs_than_the_checkpoint_holds_is_refused(digits, tmp_path):
+    path = tmp_path / "a.pt"
+    vaetut.fit(small_model(), checkpoint=path, **_fit_args(digits, epochs=3))
+    with pytest.raises(ValueError, match=r"holds epoch 3.*epochs=2"):
+        vaetut.fit(small_model(), checkpoint=path, **_fit_args(digits, epochs=2))
+    # as many epochs as it holds: nothing to train, the stored run comes back
+    model = small_model()
+    history = vaetut.fit(model, checkpoint=path, **_fit_args(digits, epochs=3))
+    stored, payload = vaetut.load_checkpoint(path)
+    assert history.records == payload["history"] and len(history) == 3
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), stored.parameters()))
+
+
+def test_resuming_needs_the_training_state_and_the_run_definition(digits, tmp_path):
+    model_only = tmp_path / "model.pt"
+    vaetut.save_checkpoint(model_only, small_model())
+    with pytest.raises(ValueError, match=r"model\.pt.*no training state.*optimizer"):
+        vaetut.fit(small_model(), checkpoint=model_only, **_fit_args(digits))
+    old = tmp_path / "old.pt"  # written by a version that did not record the run
+    vaetut.fit(small_model(), checkpoint=old, **_fit_args(digits, epochs=1))
+    model, payload = vaetut.load_checkpoint(old)
+    del payload["run"]
+    vaetut.save_checkpoint(old, model, **{k: v for k, v in payload.items()
+                                          if k not in ("format_version", "config", "model")})
+    with pytest.raises(ValueError, match=r"old\.pt.*does not record .*resume=False"):
+        vaetut.fit(small_model(), checkpoint=old, **_fit_args(digits))
+
+
+def test_resuming_into_a_model_of_another_dtype_is_refused(digits, tmp_path):
+    path = tmp_path / "a.pt"
+    vaetut.fit(small_model(), checkpoint=path, **_fit_args(digits, epochs=1))
+    with pytest.raises(ValueError, match="float64"):
+        vaetut.fit(small_model().double(), checkpoint=path,
+                   **_fit_args(digits, train=digits.train.double(), test=digits.test.double()))
+
+
+@pytest.mark.parametrize("x, kwargs, match", [
+    (lambda d: d.test * 5, {}, r"x must lie in \[0, 1\]"),
+    (lambda d: d.test, dict(n_samples=0), "n_samples must be a positive int"),
+    (lambda d: d.test[:0], {}, "x is empty"),
+    (lambda d: d.test * float("nan"), {}, "x contains NaN"),
+    (lambda d: d.test, dict(batch_size=0), "batch_size must be a positive int"),
+    (lambda d: d.test, dict(batch_size=2.5), "batch_size must be a positive int"),
+    (lambda d: d.test[:, :10], {}, r"x must have shape \(batch, 64\)"),
+    (lambda d: d.test.double(), {}, r"float64.*float32.*\.float\(\)"),
+    (lambda d: d.test, dict(seed=None), "seed must be an int"),
+])
+def test_evaluate_checks_its_inputs(digits, x, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        vaetut.evaluate(small_model(), x(digits), **kwargs)
+
+
+def test_float64_data_are_refused_with_the_fix(digits):
+    with pytest.raises(ValueError, match=r"train has dtype torch\.float64.*train\.float\(\)"):
+        vaetut.fit(small_model(), digits.train.double(), epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_empty_data_are_refused(likelihood):
+    model = vaetut.VAE(64, 4, (16,), likelihood)
+    with pytest.raises(ValueError, match=r"train is empty"):
+        vaetut.fit(model, torch.rand(0, 64), epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"test is empty"):
+        vaetut.fit(model, torch.rand(8, 64), torch.rand(0, 64), epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("seed", [None, 1.5, True, "0", -1])
+def test_a_bad_seed_names_itself(digits, seed):
+    with pytest.raises(ValueError, match="seed must be an int"):
+        vaetut.fit(small_model(), digits.train, epochs=1, seed=seed, progress=False)
+
+
+def test_history_json_writes_null_for_non_finite_values(tmp_path):
+    history = vaetut.History([{"epoch": 1, "test_elbo": float("nan"), "train_elbo": -float("inf")},
+                              {"epoch": 2, "test_elbo": -50.0, "train_elbo": -49.5}])
+    history.to_json(tmp_path / "h.json")
+
+    def refuse(token):
+        raise AssertionError(f"not JSON: {token}")
+
+    records = json.loads((tmp_path / "h.json").read_text(), parse_constant=refuse)
+    assert records[0] == {"epoch": 1, "test_elbo": None, "train_elbo": None}
+    assert records[1] == history.records[1]

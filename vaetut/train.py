@@ -1,6 +1,8 @@
 """Training: `fit` maximizes the ELBO with Adam on data held on the device."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import os
@@ -42,15 +44,29 @@ class History:
         return f"History({len(self)} epochs)"
 
     def to_json(self, path: str | os.PathLike) -> None:
+        """Write the records as a JSON list; NaN and infinite values are written as null
+        (JSON has no NaN; `fit` never records one, but a History built by hand may)."""
+        records = [{k: None if isinstance(v, float) and not math.isfinite(v) else v
+                    for k, v in r.items()} for r in self.records]
         with open(path, "w") as f:
-            json.dump(self.records, f, indent=1)
+            json.dump(records, f, indent=1, allow_nan=False)
 
 
 @torch.no_grad()
 def evaluate(model: VAE, x: torch.Tensor, batch_size: int = 1024, n_samples: int = 1,
              seed: int = 0) -> dict[str, float]:
     """Mean ELBO, log_px_given_z and kl_to_prior over x, with a seeded generator so the
-    same model always gets the same numbers."""
+    same model always gets the same numbers. The arguments are checked as `fit`'s are."""
+    check_input(model, x, "x")
+    check_count("batch_size", batch_size)
+    check_count("n_samples", n_samples)
+    _check_seed("seed", seed)
+    return _evaluate(model, x, batch_size, n_samples, seed)
+
+
+def _evaluate(model: VAE, x: torch.Tensor, batch_size: int, n_samples: int,
+              seed: int) -> dict[str, float]:
+    """evaluate without the input checks (fit checks its test data once)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -64,6 +80,11 @@ def evaluate(model: VAE, x: torch.Tensor, batch_size: int = 1024, n_samples: int
     return dict(zip(METRICS, (sums / len(x)).tolist()))
 
 
+def _check_seed(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63 - 1:
+        raise ValueError(f"{name} must be an int in [0, 2**63 - 1), got {value!r}")
+
+
 def _check_positive_float(name: str, value: Any) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or not value > 0 or not math.isfinite(value):
@@ -74,10 +95,10 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 
 def _check_losses(losses: torch.Tensor, start: int, stop: int, epoch: int,
-                  steps_per_epoch: int, lr: float, check_every: int,
-                  checkpoint: str | os.PathLike | None) -> None:
+                  steps_per_epoch: int, lr: float, check_every: int, note: str) -> None:
     """fit(check_every=N): raise NonFiniteLossError naming the first non-finite loss among
-    steps start+1..stop of this epoch (one host synchronisation for N steps)."""
+    steps start+1..stop of this epoch (one host synchronisation for N steps); `note`
+    (from _checkpoint_note) ends the message."""
     window = losses[start:stop]
     bad = ~torch.isfinite(window)
     if not bad.any():
@@ -87,8 +108,110 @@ def _check_losses(losses: torch.Tensor, start: int, stop: int, epoch: int,
         f"loss is {window[first].item()} at epoch {epoch}, step {start + first + 1} of "
         f"{steps_per_epoch} (lr={lr}); found by the check after step {stop} "
         f"(check_every={check_every}), so steps {start + first + 1} to {stop} have changed "
-        "the weights and the model is not usable"
-        + (f"; {checkpoint!r} holds epoch {epoch - 1}" if checkpoint else ""))
+        "the weights and the model is not usable" + note)
+
+
+def _checkpoint_note(checkpoint: str | os.PathLike | None, saved_epoch: int | None) -> str:
+    """The end of a NonFiniteLossError message: what the checkpoint file holds, naming
+    only what exists."""
+    if checkpoint is None:
+        return ""
+    if saved_epoch is not None:
+        return f"; {checkpoint!r} holds epoch {saved_epoch}"
+    return (f"; nothing was written to {checkpoint!r}"
+            + (" (it holds what it held before this call)" if os.path.exists(checkpoint)
+               else ""))
+
+
+def _check_finite_epoch(record: dict[str, Any], model: VAE, epoch: int, lr: float,
+                        note: str) -> None:
+    """Raise NonFiniteLossError unless every metric of the epoch's record and every weight
+    is finite: a step can ruin the model while its loss, tested before it, was finite."""
+    bad = [f"{k} is {v}" for k, v in record.items()
+           if isinstance(v, float) and not math.isfinite(v)]
+    names, params = zip(*model.named_parameters())
+    finite = torch.stack([torch.isfinite(p).all() for p in params]).tolist()
+    bad += [f"non-finite weights in {name}" for name, ok in zip(names, finite) if not ok]
+    if bad:
+        raise NonFiniteLossError(
+            f"training diverged in epoch {epoch}: {', '.join(bad)} (lr={lr}); nothing of "
+            f"epoch {epoch} was recorded, saved or passed to on_epoch_end, and the model is "
+            "not usable" + note)
+
+
+def _fingerprint(x: torch.Tensor | None) -> str | None:
+    """Shape, dtype and a hash of the bytes of x (on the CPU, so the same on any device)."""
+    if x is None:
+        return None
+    flat = x.detach().cpu().contiguous().reshape(-1)
+    digest = hashlib.blake2b(flat.view(torch.uint8).numpy(), digest_size=16).hexdigest()
+    return f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')} blake2b:{digest}"
+
+
+def _objective_name(objective: Callable) -> str:
+    """The objective's module and qualified name (its parameters, such as a BetaELBO's
+    beta, are not part of it)."""
+    if isinstance(objective, functools.partial):
+        return f"functools.partial({_objective_name(objective.func)})"
+    target = objective if hasattr(objective, "__qualname__") else type(objective)
+    return f"{getattr(target, '__module__', '?')}.{target.__qualname__}"
+
+
+RUN_LABELS = {"train": "train data", "test": "test data"}
+
+
+def _run_definition(*, lr, seed, batch_size, n_samples, objective, stochastic_binarization,
+                    train, test) -> dict[str, Any]:
+    """What defines a run and must be the same for a resume to continue it."""
+    return {"lr": lr, "seed": seed, "batch_size": batch_size, "n_samples": n_samples,
+            "objective": _objective_name(objective),
+            "stochastic_binarization": bool(stochastic_binarization),
+            "train": _fingerprint(train), "test": _fingerprint(test)}
+
+
+def _resume(checkpoint: str | os.PathLike, model: VAE, optimizer: torch.optim.Optimizer,
+            gen: torch.Generator, dev: torch.device, run: dict[str, Any], epochs: int,
+            fused_adam: bool) -> tuple[History, int]:
+    """Load the model, optimizer and generator states from `checkpoint` after checking
+    that it continues the run this call defines; return its history and epoch."""
+    stored, payload = load_checkpoint(checkpoint, map_location=dev)
+    afresh = ("pass resume=False (command line: --no-resume) to start afresh and overwrite "
+              "it, or another checkpoint path (--out)")
+    if stored.config != model.config:
+        raise ValueError(f"checkpoint {checkpoint!r} holds a model {stored.config}, "
+                         f"not {model.config}; {afresh}")
+    stored_dtype, dtype = next(stored.parameters()).dtype, next(model.parameters()).dtype
+    if stored_dtype != dtype:
+        raise ValueError(f"checkpoint {checkpoint!r} holds a {stored_dtype} model, this one is "
+                         f"{dtype}; convert the model with model.to({stored_dtype}), or {afresh}")
+    missing = [k for k in ("optimizer", "generator", "history", "epoch") if k not in payload]
+    if missing:
+        raise ValueError(f"{checkpoint!r} holds a model but no training state "
+                         f"({', '.join(missing)} missing): it was not written by fit, so "
+                         f"training cannot resume from it; {afresh}")
+    if not isinstance(payload.get("run"), dict):
+        raise ValueError(f"{checkpoint!r} does not record the run that wrote it (lr, seed, "
+                         "batch size, objective, data): it was written by an older vaetut, "
+                         f"so a resume cannot be checked; {afresh}")
+    differences = [f"{RUN_LABELS.get(k, k)}: {payload['run'].get(k)!r} in the checkpoint, "
+                   f"{v!r} in this call" for k, v in run.items() if payload["run"].get(k) != v]
+    if differences:
+        raise ValueError(f"cannot resume from {checkpoint!r}: it was written by another run ("
+                         + "; ".join(differences) + "). To continue it, call fit with the "
+                         f"checkpoint's settings and data; otherwise {afresh}")
+    if payload["epoch"] > epochs:
+        raise ValueError(f"{checkpoint!r} holds epoch {payload['epoch']}, more than "
+                         f"epochs={epochs} asks for; pass epochs={payload['epoch']} to get it "
+                         f"as it is or more to train on, or {afresh}")
+    model.load_state_dict(payload["model"])
+    opt_state = payload["optimizer"]
+    if fused_adam or any(g.get("fused") for g in opt_state["param_groups"]):
+        # run the kernel this call asks for, whatever the checkpoint was saved with
+        opt_state = {**opt_state, "param_groups": [
+            {**g, "fused": True if fused_adam else None} for g in opt_state["param_groups"]]}
+    optimizer.load_state_dict(opt_state)
+    gen.set_state(payload["generator"].cpu())
+    return History(payload["history"]), payload["epoch"]
 
 
 def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, epochs: int = 10,
@@ -109,9 +232,16 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
     differentiated is -mean over the batch of `objective(model, x, n_samples, generator)`.
 
     With `checkpoint`, the model, optimizer, generator and history are saved atomically
-    after every epoch; with `resume`, an existing checkpoint there is continued from, and
-    the result equals that of an uninterrupted run. A NaN or infinite loss raises
-    NonFiniteLossError naming the epoch and step, before that step changes the weights.
+    after every epoch, with what defines the run (lr, seed, batch_size, n_samples, the
+    objective's name, stochastic_binarization and a hash of the train and test data);
+    with `resume`, an existing checkpoint there is continued from, and the result equals
+    that of an uninterrupted run. A checkpoint of another run (any of those differ, or
+    another model or dtype), one without training state, or one holding more epochs than
+    `epochs` is refused with a ValueError; `epochs` equal to the checkpoint's returns it
+    as it is. A NaN or infinite loss raises NonFiniteLossError naming the epoch and step,
+    before that step changes the weights; a non-finite epoch metric (train or test) or
+    weight raises it too, before anything of that epoch is recorded, saved or passed to
+    `on_epoch_end`.
 
     Fast paths (off by default; each keeps the results of the plain loop, see
     tests/test_fast_paths.py and benchmarks/README.md):
@@ -146,6 +276,7 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
     _check_positive_float("lr", lr)
     check_count("n_samples", n_samples)
     check_count("check_every", check_every)
+    _check_seed("seed", seed)
     if not isinstance(fused_adam, bool):
         raise ValueError(f"fused_adam must be True or False, got {fused_adam!r}")
     if not (isinstance(compile, bool) or compile in COMPILE_MODES):
@@ -168,21 +299,15 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
     gen = torch.Generator(device=dev).manual_seed(seed)
     optimizer = (torch.optim.Adam(model.parameters(), lr=lr, fused=True) if fused_adam
                  else torch.optim.Adam(model.parameters(), lr=lr))
-    history, start_epoch = History(), 0
-    if checkpoint is not None and resume and os.path.exists(checkpoint):
-        stored, payload = load_checkpoint(checkpoint, map_location=dev)
-        if stored.config != model.config:
-            raise ValueError(f"checkpoint {checkpoint!r} holds a model {stored.config}, "
-                             f"not {model.config}")
-        model.load_state_dict(payload["model"])
-        opt_state = payload["optimizer"]
-        if fused_adam or any(g.get("fused") for g in opt_state["param_groups"]):
-            # run the kernel this call asks for, whatever the checkpoint was saved with
-            opt_state = {**opt_state, "param_groups": [
-                {**g, "fused": True if fused_adam else None} for g in opt_state["param_groups"]]}
-        optimizer.load_state_dict(opt_state)
-        gen.set_state(payload["generator"].cpu())
-        history, start_epoch = History(payload["history"]), payload["epoch"]
+    history, start_epoch, saved_epoch, run = History(), 0, None, None
+    if checkpoint is not None:
+        run = _run_definition(lr=lr, seed=seed, batch_size=batch_size, n_samples=n_samples,
+                              objective=objective, train=train, test=test,
+                              stochastic_binarization=stochastic_binarization)
+        if resume and os.path.exists(checkpoint):
+            history, start_epoch = _resume(checkpoint, model, optimizer, gen, dev, run, epochs,
+                                           fused_adam)
+            saved_epoch = start_epoch
 
     n = len(train)
     steps_per_epoch = math.ceil(n / batch_size)
@@ -216,31 +341,34 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
                     losses[step] = loss.detach()
                     if (step + 1) % check_every == 0:
                         _check_losses(losses, checked, step + 1, epoch, steps_per_epoch, lr,
-                                      check_every, checkpoint)
+                                      check_every, _checkpoint_note(checkpoint, saved_epoch))
                         checked = step + 1
                 elif not torch.isfinite(global_loss):
                     raise NonFiniteLossError(
                         f"loss is {global_loss.item()} at epoch {epoch}, step {step + 1} of "
                         f"{steps_per_epoch} (lr={lr}); the weights are those before this step"
-                        + (f" and {checkpoint!r} holds epoch {epoch - 1}" if checkpoint else ""))
+                        + _checkpoint_note(checkpoint, saved_epoch))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 sums += torch.stack([t.detach().sum() for t in terms]).double()
             if lazy_check and checked < steps_per_epoch:
                 _check_losses(losses, checked, steps_per_epoch, epoch, steps_per_epoch, lr,
-                              check_every, checkpoint)
+                              check_every, _checkpoint_note(checkpoint, saved_epoch))
             sums = dist_utils.all_reduce_sum(sums, context)
             record = {"epoch": epoch,
                       **{f"train_{k}": v for k, v in zip(METRICS, (sums / n).tolist())}}
             if test is not None:
                 record.update({f"test_{k}": v
-                               for k, v in evaluate(model, test, seed=seed + 1).items()})
+                               for k, v in _evaluate(model, test, 1024, 1, seed + 1).items()})
+            _check_finite_epoch(record, model, epoch, lr, _checkpoint_note(checkpoint, saved_epoch))
             history.records.append(record)
-            if checkpoint is not None and context.is_main:
-                save_checkpoint(checkpoint, model, optimizer=optimizer.state_dict(),
-                                generator=gen.get_state(), history=history.records, epoch=epoch,
-                                seed=seed)
+            if checkpoint is not None:
+                if context.is_main:
+                    save_checkpoint(checkpoint, model, optimizer=optimizer.state_dict(),
+                                    generator=gen.get_state(), history=history.records,
+                                    epoch=epoch, seed=seed, run=run)
+                saved_epoch = epoch
             if on_epoch_end is not None:
                 on_epoch_end(epoch, model, record)
             bar.update(1)
