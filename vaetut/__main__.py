@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+import tempfile
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a VAE; write a checkpoint, history.json and a PNG",
@@ -35,6 +36,32 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 def train(args: argparse.Namespace) -> int:
     import matplotlib
     matplotlib.use("Agg")
+def _remove_if_empty(folder: str) -> None:
+    try:
+        os.rmdir(folder)  # only an empty folder
+    except OSError:
+        pass
+
+
+def _prepare_out(out: str) -> bool:
+    """Make the output folder if missing and check that a file can be created in it,
+    before any training; return whether it was made here. Raise ValueError if not."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is an existing file, not a folder; name a folder "
+                         "(it is created if missing)")
+    created = not os.path.exists(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        if created:
+            _remove_if_empty(out)
+        raise ValueError(f"--out {out!r} cannot be written to ({err.strerror or err}); name "
+                         "a folder you can create files in") from err
+    return created
+
+
     import matplotlib.pyplot as plt
 
     from . import VAE, data, distributed, fit, plots
@@ -46,13 +73,18 @@ def train(args: argparse.Namespace) -> int:
         dataset = data.load_mnist(args.mnist_root, binarize=binarize, seed=args.seed)
     torch.manual_seed(args.seed)
     model = VAE(dataset.x_dim, args.z_dim, tuple(args.hidden), args.likelihood)
-    os.makedirs(args.out, exist_ok=True)
+    created = _prepare_out(args.out)
     checkpoint = os.path.join(args.out, "checkpoint.pt")
-    history = fit(model, dataset.train, dataset.test, epochs=args.epochs,
-                  batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
-                  progress=not args.no_progress, checkpoint=checkpoint,
-                  resume=not args.no_resume,
-                  stochastic_binarization=binarize == "stochastic")
+    try:
+        history = fit(model, dataset.train, dataset.test, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, device=args.device,
+                      seed=args.seed, progress=not args.no_progress, checkpoint=checkpoint,
+                      resume=not args.no_resume,
+                      stochastic_binarization=binarize == "stochastic")
+    except BaseException:
+        if created:  # a failed start leaves no empty folder behind
+            _remove_if_empty(args.out)
+        raise
     distributed.leave()  # under torchrun: all collectives are done
     if distributed.env_rank() != 0:  # under torchrun, rank 0 alone writes and reports
         return 0
