@@ -1,4 +1,6 @@
 """vaetut.diagnostics: measurements of collapse, and the objectives of chapter 6."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -111,3 +113,82 @@ def test_continuous_bernoulli_elbo_adds_the_normalizer(model):
     torch.testing.assert_close(got.kl_to_prior, ref.kl_to_prior)
     with pytest.raises(ValueError, match="bernoulli"):
         dg.continuous_bernoulli_elbo(vaetut.VAE(12, 2, likelihood="gaussian"), x)
+
+
+def test_gaussian_variance_floor_is_off_by_default_and_bounds_the_log_variance():
+    torch.manual_seed(0)
+    model = vaetut.VAE(12, 2, hidden=(8,), likelihood="gaussian")
+    assert model.decoder.min_log_var is None and model.decoder.pixel_log_var() is model.decoder.log_var
+    x, z = torch.rand(5, 12), torch.randn(3, 5, 2)
+    with torch.no_grad():
+        model.decoder.log_var.copy_(torch.linspace(-20, 2, 12))
+    model.decoder.min_log_var = -4.0
+    lv = model.decoder.pixel_log_var()
+    assert (lv >= -4.0).all() and abs(lv[-1].item() - 2.0) < 0.01  # floored low, unchanged high
+    ref = D.Normal(model.decoder(z), (0.5 * lv).exp()).log_prob(x).sum(-1)
+    torch.testing.assert_close(vaetut.objective.log_px_given_z(model, x, z), ref)
+    g = torch.autograd.grad(vaetut.objective.log_px_given_z(model, x, z).sum(), model.decoder.log_var)[0]
+    assert (g != 0).all()  # softplus keeps a gradient below the floor
+
+
+def test_scaled_objective_multiplies_every_field(model):
+    x = torch.rand(8, 12)
+    got = dg.Scaled(vaetut.elbo, 0.25)(model, x, 2, gen(1))
+    ref = vaetut.elbo(model, x, 2, gen(1))
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, 0.25 * b)
+    with pytest.raises(ValueError):
+        dg.Scaled(vaetut.elbo, 0.0)
+
+
+def test_dequantize_stays_in_the_bin_and_is_uniform_there():
+    levels = 17
+    k = torch.randint(0, levels, (4000, 3), generator=gen(0))
+    x = k.double() / (levels - 1)
+    y = dg.dequantize(x, levels, gen(1))
+    assert torch.equal(torch.floor(y * levels).long(), k)
+    u = (y * levels - k).flatten()
+    assert abs(u.mean().item() - 0.5) < 0.01 and abs(u.var().item() - 1 / 12) < 0.005
+    with pytest.raises(ValueError):
+        dg.dequantize(torch.full((2, 2), 0.3), levels)
+
+
+def test_dequantized_bound_is_below_the_discrete_log_probability():
+    # a one-pixel "decoder" whose density is known: a Gaussian N(m, s^2) for every z
+    torch.manual_seed(0)
+    model = vaetut.VAE(1, 1, hidden=(), likelihood="gaussian").double()
+    with torch.no_grad():
+        model.decoder.net[0].weight.zero_()
+        model.decoder.net[0].bias.fill_(0.4)
+        model.decoder.log_var.fill_(2 * torch.log(torch.tensor(0.2)).item())
+        model.encoder.mean.weight.zero_(); model.encoder.mean.bias.zero_()
+        model.encoder.log_var.weight.zero_(); model.encoder.log_var.bias.zero_()
+    levels = 5
+    x = (torch.arange(levels, dtype=torch.float64) / (levels - 1))[:, None]
+    bound = torch.stack([dg.Dequantized(vaetut.elbo, levels)(model, x, 1, gen(s)).elbo
+                         for s in range(4000)]).mean(0)
+    normal = D.Normal(torch.tensor(0.4, dtype=torch.float64), torch.tensor(0.2, dtype=torch.float64))
+    lo = torch.arange(levels, dtype=torch.float64) / levels
+    log_p_bin = torch.log(normal.cdf(lo + 1 / levels) - normal.cdf(lo))  # P(k), exactly
+    assert (bound <= log_p_bin + 0.01).all() and (bound > log_p_bin - 0.4).all()  # a missing log(levels) shift is 1.6 nats off
+    assert dg.bits_per_dim(-math.log(2.0) * 3, 3) == pytest.approx(1.0)
+
+
+def test_rate_split_adds_up_and_reaches_its_limits():
+    torch.manual_seed(0)
+    model = vaetut.VAE(12, 2, hidden=(8,))
+    x = (torch.rand(30, 12, generator=gen(2)) > 0.5).float()
+    split = dg.rate_split(model, x, 64, gen(3))
+    assert abs(split.mc_rate - split.rate) < 4 * split.mc_se
+    assert split.mc_rate == pytest.approx(split.mutual_information + split.marginal_kl, abs=1e-9)
+    assert -1e-6 <= split.mutual_information <= math.log(30) + 1e-9
+    with torch.no_grad():  # an encoder that ignores x: no information, rate = marginal KL
+        model.encoder.mean.weight.zero_(); model.encoder.log_var.weight.zero_()
+        model.encoder.mean.bias.fill_(1.0)
+    split = dg.rate_split(model, x, 16, gen(4))
+    assert abs(split.mutual_information) < 1e-5
+    with torch.no_grad():  # codes far apart and narrow: I = log N
+        model.encoder.mean.weight.normal_(0, 30.0, generator=gen(5))
+        model.encoder.log_var.bias.fill_(-12.0)
+    split = dg.rate_split(model, x, 16, gen(6))
+    assert split.mutual_information == pytest.approx(math.log(30), abs=0.05)

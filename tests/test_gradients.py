@@ -214,3 +214,59 @@ def test_draw_graph_labels_each_module_with_its_backward_step():
     for i, name in enumerate(order, 1):
         assert any(t.startswith(name) and t.endswith(f"backward step {i}") for t in texts), name
     plt.close(fig)
+
+
+def test_zeros_come_from_autograd_and_reachability_from_the_graph():
+    model, x = small_model(), batch()
+    eps = G.draw_eps(model, len(x), 1, torch.Generator().manual_seed(0))
+    params = dict(model.named_parameters())
+    kl = vaetut.kl_to_prior(*model.encoder(x)).mean()
+    assert G.reachable_parameters(kl, params) == {n for n in params if n.startswith("encoder.")}
+    # a wrong "KL" that touches the decoder is caught by the graph walk and by the values
+    leaky = kl + 1e-3 * model.decoder.net[0].weight.sum()
+    assert "decoder.net.0.weight" in G.reachable_parameters(leaky, params)
+    # a path with a zero gradient along it still counts as reached
+    zero_path = kl + 0.0 * model.decoder.net[0].bias.sum()
+    assert "decoder.net.0.bias" in G.reachable_parameters(zero_path, params)
+    tg = G.term_gradients(model, x, eps)
+    assert all(tg.grads["kl_to_prior"][n].shape == p.shape for n, p in params.items())
+    for n in params:
+        if n.startswith("decoder."):
+            torch.testing.assert_close(tg.grads["elbo"][n], tg.grads["log_px_given_z"][n],
+                                       rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_head_gradients_follow_the_chain_rule_through_z(likelihood):
+    model, x = small_model(likelihood), batch(likelihood)
+    eps = G.draw_eps(model, len(x), 3, torch.Generator().manual_seed(1))
+    hg = G.head_gradients(model, x, eps)
+    B = len(x)
+    sigma = (0.5 * hg.q_log_var).exp()
+    torch.testing.assert_close(hg.grad_mean, hg.grad_z.sum(0) + hg.q_mean / B)
+    torch.testing.assert_close(hg.grad_log_var, (hg.grad_z * eps * sigma / 2).sum(0)
+                               + (hg.q_log_var.exp() - 1) / (2 * B))
+    # grad_z by finite differences of the reconstruction part of the loss
+    h = 1e-6
+    z = (hg.q_mean + sigma * eps).detach()
+    dz = torch.zeros_like(z)
+    dz[1, 2, 0] = h
+    f = lambda zz: -vaetut.objective.log_px_given_z(model, x, zz).mean(0).mean()
+    fd = (f(z + dz) - f(z - dz)).item() / (2 * h)
+    assert abs(fd - hg.grad_z[1, 2, 0].item()) < 1e-6
+
+
+def test_recon_gradient_via_z_equals_the_direct_gradient_and_catches_a_second_path():
+    model, x = small_model(), batch()
+    eps = G.draw_eps(model, len(x), 2, torch.Generator().manual_seed(2))
+    tg = G.term_gradients(model, x, eps)
+    via = G.recon_encoder_gradient_via_z(model, x, eps)
+    assert set(via) == {n for n, _ in model.named_parameters() if n.startswith("encoder.")}
+    for n, g in via.items():
+        torch.testing.assert_close(g, tg.grads["log_px_given_z"][n], rtol=1e-10, atol=1e-12)
+    # a reconstruction term with a second path into the encoder (through q_mean directly)
+    q_mean, q_log_var = model.encoder(x)
+    z = q_mean + torch.exp(0.5 * q_log_var) * eps
+    second = (vaetut.objective.log_px_given_z(model, x, z).mean(0) + q_mean.sum(-1)).mean()
+    direct = torch.autograd.grad(second, list(model.encoder.mean.parameters()))
+    assert (direct[1] - via["encoder.mean.bias"]).abs().max() > 0.5

@@ -190,3 +190,104 @@ def continuous_bernoulli_elbo(model: VAE, x: torch.Tensor, n_samples: int = 1,
     recon = continuous_bernoulli_log_prob(model.decoder(z), x).sum(-1).mean(0)
     kl = kl_to_prior(q_mean, q_log_var)
     return ELBO(recon - kl, recon, kl)
+
+
+# ----- a constant factor on the loss ----------------------------------------------------
+class Scaled:
+    """`factor` times another objective (all three fields scaled): the same optimum, and
+    with Adam almost the same run, since Adam divides each step by a running root mean
+    square of the gradient, in which a constant factor cancels (up to Adam's eps).
+    Contrast with pixel_mean_elbo, which scales one term only."""
+
+    def __init__(self, objective, factor: float):
+        _check_nonneg("factor", factor)
+        if factor == 0:
+            raise ValueError("factor must be > 0")
+        self.objective, self.factor = objective, float(factor)
+
+    def __call__(self, model: VAE, x: torch.Tensor, n_samples: int = 1,
+                 generator: torch.Generator | None = None, validate: bool = True) -> ELBO:
+        out = self.objective(model, x, n_samples, generator, validate)
+        return ELBO(*(self.factor * t for t in out))
+
+
+# ----- densities on discrete grey levels ------------------------------------------------
+def dequantize(x: torch.Tensor, levels: int, generator: torch.Generator | None = None
+               ) -> torch.Tensor:
+    """Uniform dequantization (Theis, van den Oord and Bethge 2016): x holds grey levels
+    k / (levels - 1), k = 0, ..., levels - 1; returns (k + u) / levels with u ~ U(0, 1)
+    per pixel, a point spread uniformly over the k-th of `levels` equal bins of [0, 1]."""
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+        raise ValueError(f"levels must be an int >= 2, got {levels!r}")
+    k = torch.round(x * (levels - 1))
+    if (k - x * (levels - 1)).abs().max() > 1e-4:
+        raise ValueError(f"x must hold the grey levels k / {levels - 1}")
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return (k + u) / levels
+
+
+class Dequantized:
+    """An objective for a density model of discrete grey levels: dequantize the batch
+    with fresh uniform noise (drawn from the generator), apply `objective` (an ELBO of a
+    density on [0, 1]^D), and subtract D log(levels). In expectation over the noise the
+    result is a lower bound on log P(k), where P(k) = integral of the model's density over
+    the bin of k: log P(k) = -D log L + log E_u p(y) >= -D log L + E_u[ELBO(y)] (Jensen).
+    So it is <= 0 and cannot grow without bound, unlike a density evaluated on the grid
+    points themselves. All three fields are shifted/kept so that elbo = recon - kl."""
+
+    def __init__(self, objective, levels: int):
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+            raise ValueError(f"levels must be an int >= 2, got {levels!r}")
+        self.objective, self.levels = objective, levels
+
+    def __call__(self, model: VAE, x: torch.Tensor, n_samples: int = 1,
+                 generator: torch.Generator | None = None, validate: bool = True) -> ELBO:
+        y = dequantize(x, self.levels, generator)
+        out = self.objective(model, y, n_samples, generator, validate)
+        shift = x.shape[-1] * math.log(self.levels)
+        return ELBO(out.elbo - shift, out.log_px_given_z - shift, out.kl_to_prior)
+
+
+def bits_per_dim(nats: float, x_dim: int) -> float:
+    """A log-probability bound in nats per example, as bits per pixel: -nats / (D ln 2)."""
+    return -nats / (x_dim * math.log(2.0))
+
+
+# ----- what the code carries: rate = mutual information + marginal KL -----------------
+class RateSplit(NamedTuple):
+    """rate = mean over x of KL(q(z|x) || p(z)) (closed form); mutual_information =
+    I_q(x; z) with x uniform over the given examples; marginal_kl = KL(q(z) || p(z)) with
+    q(z) = (1/N) sum_n q(z|x_n); and mc_rate = their sum as estimated by Monte Carlo,
+    which should agree with `rate` within `mc_se` (its standard error)."""
+
+    rate: float
+    mutual_information: float
+    marginal_kl: float
+    mc_rate: float
+    mc_se: float
+
+
+@torch.no_grad()
+def rate_split(model: VAE, x: torch.Tensor, n_samples: int = 16,
+               generator: torch.Generator | None = None) -> RateSplit:
+    """Split the rate E_x KL(q(z|x) || p(z)) into I_q(x; z) + KL(q(z) || p(z)) (Hoffman and
+    Johnson 2016), with x uniform over the N rows of x and z ~ q(z|x) drawn n_samples times
+    per row. log q(z) = logsumexp_m log q(z|x_m) - log N is exact for this finite mixture,
+    so I_q <= log N. The rate bounds the information the code carries from above
+    (Alemi et al. 2018)."""
+    check_input(model, x)
+    q_mean, q_log_var = model.encoder(x)  # (N, K)
+    z = reparameterize(q_mean, q_log_var, n_samples, generator)  # (S, N, K)
+    log_q_own = -0.5 * ((z - q_mean).pow(2) / q_log_var.exp() + q_log_var
+                        + math.log(2 * math.pi)).sum(-1)  # (S, N)
+    log_q_agg = torch.stack([torch.logsumexp(
+        -0.5 * ((zs[:, None, :] - q_mean[None]).pow(2) / q_log_var.exp()[None]
+                + q_log_var[None] + math.log(2 * math.pi)).sum(-1), dim=1)
+        for zs in z]) - math.log(len(x))  # (S, N): log q(z_sn) under the mixture
+    log_prior = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
+    per_sample = (log_q_own - log_prior).double()  # (S, N), its mean estimates the rate
+    return RateSplit(float(kl_to_prior(q_mean, q_log_var).mean()),
+                     float((log_q_own - log_q_agg).double().mean()),
+                     float((log_q_agg - log_prior).double().mean()),
+                     float(per_sample.mean()),
+                     float(per_sample.std() / per_sample.numel() ** 0.5))

@@ -16,7 +16,7 @@ estimator of the encoder's gradient next to the reparameterization estimator
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -57,10 +57,12 @@ def elbo_terms_at(model: VAE, x: torch.Tensor, eps: torch.Tensor,
 class TermGradients:
     """Gradients of the batch means of each term (TERMS) with respect to every parameter.
 
-    grads[term][name] is a tensor shaped like the parameter `name` (zeros where autograd
-    found no path from that term to that parameter); reached[term] is the set of
-    parameter names that the term's graph does reach (autograd returned a tensor, not None).
-    The ELBO's gradient is grads["log_px_given_z"] - grads["kl_to_prior"].
+    grads[term][name] is a tensor shaped like the parameter `name`, as torch.autograd.grad
+    returns it (with materialize_grads=True, autograd itself gives zeros for a parameter
+    that the term does not depend on). reached[term] is the set of parameter names that
+    the term's graph reaches, found independently by walking the graph from the term's
+    scalar back to the parameters (`reachable_parameters`). The ELBO's gradient is
+    grads["log_px_given_z"] - grads["kl_to_prior"].
     """
 
     grads: dict[str, dict[str, torch.Tensor]]
@@ -105,12 +107,86 @@ def term_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor | None = None,
     reached: dict[str, set[str]] = {}
     for i, term in enumerate(TERMS):
         scalar = getattr(terms, term).mean()
+        reached[term] = reachable_parameters(scalar, dict(zip(names, params)))
         got = torch.autograd.grad(scalar, params, retain_graph=i < len(TERMS) - 1,
-                                  allow_unused=True)
-        reached[term] = {n for n, g in zip(names, got) if g is not None}
-        grads[term] = {n: (g if g is not None else torch.zeros_like(p))
-                       for n, p, g in zip(names, params, got)}
+                                  allow_unused=True, materialize_grads=True)
+        grads[term] = dict(zip(names, got))
     return TermGradients(grads, reached)
+
+
+def reachable_parameters(scalar: torch.Tensor, named_params: dict[str, torch.Tensor]
+                         ) -> set[str]:
+    """The names of the parameters that `scalar` depends on through its autograd graph:
+    a walk from scalar.grad_fn along next_functions to the leaves (AccumulateGrad nodes),
+    collecting the leaf tensors met. Independent of any gradient value: a parameter is
+    listed when a path exists, even if the gradient along it happens to be zero."""
+    by_id = {id(p): n for n, p in named_params.items()}
+    found: set[str] = set()
+    seen: set[int] = set()
+    stack = [scalar.grad_fn] if scalar.grad_fn is not None else []
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        leaf = getattr(fn, "variable", None)  # AccumulateGrad holds its leaf tensor
+        if leaf is not None and id(leaf) in by_id:
+            found.add(by_id[id(leaf)])
+        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return found
+
+
+class HeadGradients(NamedTuple):
+    """What the backward pass of loss = -mean ELBO delivers to the encoder's two heads,
+    and the pieces it is made of (see `head_gradients`); all (B, z_dim) except grad_z."""
+
+    grad_mean: torch.Tensor  # d loss / d q_mean, by autograd through the whole graph
+    grad_log_var: torch.Tensor  # d loss / d q_log_var, likewise
+    grad_z: torch.Tensor  # d loss / d z from the decoder side alone, (S, B, z_dim)
+    q_mean: torch.Tensor
+    q_log_var: torch.Tensor
+    eps: torch.Tensor
+
+
+def head_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> HeadGradients:
+    """The gradient of loss = -mean over the batch of the ELBO (at noise eps) with respect
+    to the encoder's outputs q_mean and q_log_var, and, separately, the gradient with
+    respect to z of the reconstruction part of the loss, computed with z cut loose as a
+    leaf (so only the decoder is differentiated).
+
+    By the chain rule through z = q_mean + exp(q_log_var / 2) * eps and the closed-form
+    KL, grad_mean = sum_s grad_z + q_mean / B and
+    grad_log_var = sum_s grad_z * eps * exp(q_log_var / 2) / 2 + (exp(q_log_var) - 1) / (2B):
+    the encoder receives the decoder's message about z plus the KL's own short path.
+    """
+    check_input(model, x)
+    q_mean, q_log_var = model.encoder(x)
+    z = q_mean + torch.exp(0.5 * q_log_var) * eps
+    loss = -(log_px_given_z(model, x, z).mean(0) - kl_to_prior(q_mean, q_log_var)).mean()
+    grad_mean, grad_log_var = torch.autograd.grad(loss, [q_mean, q_log_var])
+    z_leaf = z.detach().requires_grad_(True)
+    (grad_z,) = torch.autograd.grad(-log_px_given_z(model, x, z_leaf).mean(0).mean(), z_leaf)
+    return HeadGradients(grad_mean, grad_log_var, grad_z, q_mean.detach(),
+                         q_log_var.detach(), eps)
+
+
+def recon_encoder_gradient_via_z(model: VAE, x: torch.Tensor, eps: torch.Tensor
+                                 ) -> dict[str, torch.Tensor]:
+    """The reconstruction term's gradient on the encoder's parameters, computed in two
+    stages: g = d(mean log p(x|z)) / dz with z a leaf (the decoder alone), then the
+    vector-Jacobian product g^T dz/dphi through z = q_mean + sigma * eps (the encoder
+    alone). Equal to term_gradients' direct result exactly when z is the reconstruction
+    term's only path into the encoder."""
+    check_input(model, x)
+    names, params = zip(*[(n, p) for n, p in model.named_parameters()
+                          if n.startswith("encoder.") and p.requires_grad])
+    q_mean, q_log_var = model.encoder(x)
+    z = q_mean + torch.exp(0.5 * q_log_var) * eps
+    z_leaf = z.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(log_px_given_z(model, x, z_leaf).mean(0).mean(), z_leaf)
+    got = torch.autograd.grad(z, params, grad_outputs=g, allow_unused=True,
+                              materialize_grads=True)
+    return dict(zip(names, got))
 
 
 def group_norm(grads: dict[str, torch.Tensor], prefix: str) -> float:
@@ -238,8 +314,8 @@ _GRAPH_BOXES = {  # name: (x, y, label) for a VAE with one hidden layer
     "encoder.act": (3.1, 1.0, "encoder.act\nReLU"),
     "encoder.mean": (4.8, 1.8, "encoder.mean\nLinear: $\\mu$"),
     "encoder.log_var": (4.8, 0.2, "encoder.log_var\nLinear: $\\log\\sigma^2$"),
-    "z": (6.6, 1.0, "$z = \\mu + \\sigma\\,\\epsilon$"),
-    "eps": (6.6, 2.4, "$\\epsilon \\sim N(0, I)$"),
+    "z": (6.6, 1.0, "$z = \\mu + \\sigma\\,\\varepsilon$"),
+    "eps": (6.6, 2.4, "$\\varepsilon \\sim N(0, I)$"),
     "decoder.net.0": (8.3, 1.0, "decoder.net.0\nLinear"),
     "decoder.net.1": (9.9, 1.0, "decoder.net.1\nReLU"),
     "decoder.net.2": (11.5, 1.0, "decoder.net.2\nLinear: logits"),

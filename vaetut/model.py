@@ -63,15 +63,28 @@ class Decoder(nn.Module):
 
     Bernoulli: the logits of each pixel. Gaussian: the mean of each pixel; the
     per-pixel log-variance is a learned parameter shared by all z (`self.log_var`).
+    `min_log_var` (Gaussian only; default None, no floor) floors the log-variance that
+    the likelihood uses, see `pixel_log_var`; set it here or as an attribute afterwards.
     """
 
-    def __init__(self, z_dim: int, x_dim: int, hidden: Sequence[int], likelihood: str):
+    def __init__(self, z_dim: int, x_dim: int, hidden: Sequence[int], likelihood: str,
+                 min_log_var: float | None = None):
         super().__init__()
+        hidden = _check_dims(x_dim, z_dim, hidden, likelihood)
         self.likelihood = likelihood
         self.net = _mlp([z_dim, *reversed(hidden), x_dim])
         if likelihood == "gaussian":
-        hidden = _check_dims(x_dim, z_dim, hidden, likelihood)
             self.log_var = nn.Parameter(torch.zeros(x_dim))
+        self.min_log_var = min_log_var
+
+    def pixel_log_var(self) -> torch.Tensor:
+        """The Gaussian per-pixel log-variance the likelihood uses: `log_var` itself, or,
+        with `min_log_var` set, min_log_var + softplus(log_var - min_log_var), which never
+        falls below the floor and keeps a gradient everywhere. A learned variance on
+        discrete pixels can otherwise shrink without bound (chapter 6)."""
+        if self.min_log_var is None:
+            return self.log_var
+        return self.min_log_var + nn.functional.softplus(self.log_var - self.min_log_var)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)  # (..., x_dim)

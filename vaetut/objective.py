@@ -62,7 +62,7 @@ def log_px_given_z(model: VAE, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor
     if model.likelihood == "bernoulli":
         return -F.binary_cross_entropy_with_logits(
             params, x.expand_as(params), reduction="none").sum(-1)
-    log_var = model.decoder.log_var
+    log_var = model.decoder.pixel_log_var()  # the learned log-variance, floored if asked
     return -0.5 * ((x - params).pow(2) / log_var.exp() + log_var + LOG_2PI).sum(-1)
 
 
