@@ -5,10 +5,10 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 
 import torch
 
-import tempfile
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a VAE; write a checkpoint, history.json and a PNG",
@@ -33,9 +33,6 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def train(args: argparse.Namespace) -> int:
-    import matplotlib
-    matplotlib.use("Agg")
 def _remove_if_empty(folder: str) -> None:
     try:
         os.rmdir(folder)  # only an empty folder
@@ -62,6 +59,9 @@ def _prepare_out(out: str) -> bool:
     return created
 
 
+def train(args: argparse.Namespace) -> int:
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from . import VAE, data, distributed, fit, plots
