@@ -27,7 +27,7 @@ import torch
 def worker(args) -> None:
     """One training run (a torchrun rank, or the plain single process)."""
     import vaetut
-    from vaetut.bench import synthetic_mnist
+    from bench import synthetic_mnist  # benchmarks/bench.py, beside this script
 
     torch.manual_seed(0)
     x = synthetic_mnist(args.images, seed=0)

@@ -1,18 +1,55 @@
-"""The benchmark: `python -m vaetut bench --quick` runs, writes its JSON, renders its table."""
+"""The benchmark harness (benchmarks/bench.py, beside the package, not in it): a --quick run
+works, writes its JSON and renders its table; the committed results files render and their
+derived columns follow from their raw timings."""
+import copy
+import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 import vaetut
-from vaetut import bench
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH_SCRIPT = str(BENCHMARKS / "bench.py")
+sys.path.insert(0, str(BENCHMARKS))  # the harness is a script folder, not a package
+import bench  # noqa: E402
+import bench_report  # noqa: E402
 
 TRAIN_PATHS = ["baseline", "fit", "fit+fast", f"fit+fast B={bench.LARGE_BATCH}"]
+RESULTS = sorted(p for p in (BENCHMARKS / "results").glob("*.json")
+                 if not p.name.startswith(("ddp-", "notebook-times-")))
+
+
+def test_the_package_holds_no_benchmark():
+    assert importlib.util.find_spec("vaetut.bench") is None
+    assert bench.vaetut is vaetut  # the harness measures the installed package
+
+
+def test_training_paths_add_the_cuda_graph_rows_on_cuda_only(monkeypatch):
+    def names(device, has_graph):
+        monkeypatch.setattr(bench, "fit_has_cuda_graph", lambda: has_graph)
+        return {p["name"]: p for p in bench.training_paths(torch.device(device), False, 100)}
+
+    cuda = names("cuda", True)
+    assert cuda["fit+graph"]["batch_size"] == bench.BASELINE_BATCH
+    assert cuda[f"fit+graph B={bench.LARGE_BATCH}"]["batch_size"] == bench.LARGE_BATCH
+    for name in ("fit+graph", f"fit+graph B={bench.LARGE_BATCH}"):
+        assert cuda[name]["options"] == {"cuda_graph": True, "fused_adam": True}
+    assert list(names("cpu", True)) == TRAIN_PATHS  # fit refuses cuda_graph on the CPU
+    assert list(names("cuda", False)) == TRAIN_PATHS  # a vaetut.fit without the option
+
+
+def test_a_quick_run_never_replaces_a_committed_results_file():
+    out = Path(bench.default_out([torch.device("cpu")], quick=True))
+    assert BENCHMARKS not in out.parents
+    assert Path(bench.default_out([torch.device("cpu")])).parent == Path("benchmarks/results")
 
 
 def test_flop_count_of_a_tiny_model_by_hand():
@@ -72,7 +109,7 @@ def quick_run(tmp_path_factory):
     # multi-threaded small kernels)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-m", "vaetut", "bench", "--quick", "--out", str(out)],
+    proc = subprocess.run([sys.executable, BENCH_SCRIPT, "--quick", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(out.read_text()), proc.stdout, out
@@ -86,6 +123,8 @@ def positive(v):
 def test_quick_bench_writes_complete_positive_finite_results(quick_run):
     results, _, _ = quick_run
     assert results["schema"] == bench.SCHEMA and results["quick"] is True
+    assert results["command"].startswith("python benchmarks/bench.py --quick")
+    assert results["commit"] is None or len(results["commit"].split("+")[0]) >= 7
     for key in ("cpu", "torch", "torch_threads", "cpu_count"):
         assert results["machine"][key]
     assert results["date"][:2] == "20"
@@ -128,12 +167,13 @@ def test_quick_bench_writes_complete_positive_finite_results(quick_run):
 def test_quick_bench_table_is_the_rendering_of_its_json(quick_run):
     results, stdout, out = quick_run
     assert stdout == bench.render_markdown(results)
-    rendered = subprocess.run([sys.executable, "-m", "vaetut", "bench", "--render", str(out)],
+    rendered = subprocess.run([sys.executable, BENCH_SCRIPT, "--render", str(out)],
                               capture_output=True, text=True, timeout=60)
     assert rendered.returncode == 0 and rendered.stdout == stdout
     lines = stdout.splitlines()
     header = next(line for line in lines if line.startswith("| data |"))
     assert "s / epoch" in header and "× baseline" in header and "% of matmul" in header
+    assert "× compute limit" in header and bench_report.COMPUTE_LIMIT_LEGEND in lines
     rows = [line for line in lines if line.startswith("| digits |") or
             line.startswith("| mnist |")]
     assert len(rows) == 2 * len(TRAIN_PATHS)
@@ -142,9 +182,47 @@ def test_quick_bench_table_is_the_rendering_of_its_json(quick_run):
     assert sum(line.startswith("| 1024 | fused |") for line in lines) == 1
 
 
+@pytest.mark.slow
+def test_quick_run_columns_follow_from_its_timings_and_a_wrong_one_is_caught(quick_run, tmp_path):
+    results, _, _ = quick_run
+    assert bench_report.check_consistency(results) == []
+    for key, factor in (("times_from_limit", 2.0), ("fraction_of_matmul", 0.5),
+                        ("speedup_vs_baseline", 1.1), ("seconds_per_epoch", 1.01)):
+        wrong = copy.deepcopy(results)
+        row = wrong["devices"]["cpu"]["training"][5]
+        row[key] *= factor
+        problems = bench_report.check_consistency(wrong)
+        assert any(f"mnist {row['path']} {key}" in p for p in problems), (key, problems)
+    wrong = copy.deepcopy(results)
+    wrong["devices"]["cpu"]["data"]["mnist"]["epoch_at_matmul_rate_s"] /= 3
+    assert bench_report.check_consistency(wrong)
+    path = tmp_path / "wrong.json"
+    path.write_text(json.dumps(wrong))
+    refused = subprocess.run([sys.executable, BENCH_SCRIPT, "--render", str(path)],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "epoch_at_matmul_rate_s" in refused.stderr
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=[p.name for p in RESULTS])
+def test_committed_results_render_every_row_and_are_consistent(path):
+    """The files the book's appendix shows, whichever machine measured them."""
+    results = bench_report.load(path)
+    assert bench_report.check_consistency(results) == []
+    table = bench_report.render_markdown(results)
+    assert results["machine"]["torch"] in table and results["command"] in table
+    for dev, d in results["devices"].items():
+        assert f"### {dev}: {d['name']}" in table
+        for r in d["training"]:
+            cells = next(line for line in table.splitlines()
+                         if line.startswith(f"| {r['data']} | {r['path']} | {r['batch_size']} |"))
+            limit = r["times_from_limit"]  # column 10: × compute limit
+            assert cells.split(" | ")[9].replace(",", "") == (
+                f"{limit:.1f}" if limit < 10 else f"{limit:.0f}")
+
+
 def test_render_shows_a_failed_path():
     results = {
-        "date": "2026-01-01", "command": "python -m vaetut bench", "note": None,
+        "date": "2026-01-01", "command": "python benchmarks/bench.py", "note": None,
         "machine": {"torch": "x", "torch_threads": 2, "cpu": "c", "cpu_count": 2, "cuda": None},
         "devices": {"cpu": {"name": "c", "matmul_size": 8, "matmul_gflops": 1.0,
                             "matmul_gflops_all": [1.0], "memory_method": "m", "data": {},

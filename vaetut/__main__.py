@@ -1,4 +1,7 @@
-"""Command line: `python -m vaetut train ...` and `python -m vaetut bench ...`."""
+"""Command line: `python -m vaetut train ...`.
+
+The benchmark is not part of the package: `python benchmarks/bench.py` (or `make bench`)
+in the repository; see benchmarks/README.md."""
 from __future__ import annotations
 
 import argparse
@@ -104,14 +107,10 @@ def train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # argparse.REMAINDER drops options that come first: pass them on
-        from . import bench as bench_module  # noqa: PLC0415  (imported only when asked for)
-        return bench_module.main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m vaetut", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m vaetut", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
-    bench = sub.add_parser("bench", help="time training and the IWAE bound; print a table")
-    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark")
     args = parser.parse_args(argv)
     if args.command == "train":
         try:
@@ -119,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as err:  # bad input: a message, not a traceback
             print(f"vaetut train: error: {err}", file=sys.stderr)
             return 2
-    from . import bench as bench_module  # noqa: PLC0415  (imported only when asked for)
-    return bench_module.main(args.rest)
+    return 0  # unreachable: argparse requires a known command
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
 """Benchmark: `vaetut.fit` against the usual DataLoader training loop, and the IWAE bound.
 
-    python -m vaetut bench [--device cpu|cuda|all] [--quick] [--steps N] [--rounds R]
-                           [--only digits|mnist|iwae] [--compile | --no-compile] [--out PATH]
-    python -m vaetut bench --render benchmarks/results/cpu-2core.json [--readme README.md]
+    python benchmarks/bench.py [--device cpu|cuda|all] [--quick] [--steps N] [--rounds R]
+                               [--only digits|mnist|iwae] [--compile | --no-compile] [--out PATH]
+    python benchmarks/bench.py --render benchmarks/results/cpu-2core.json [--readme README.md]
+
+(`make bench` runs the first. The harness lives beside the package, not in it: it measures
+`vaetut`, the book does not teach it. Reading and rendering results files is in
+benchmarks/bench_report.py, which needs no torch.)
 
 Every path trains the same model (vaetut.VAE, same seeded initial weights) on the same
 data with the same loss, -vaetut.elbo(...).elbo.mean(), for the same samples, and the
@@ -13,30 +17,45 @@ paths take turns in each of R rounds, so that their ratios hold on a busy machin
     fit        vaetut.fit as it is by default (data on the device, a seeded permutation)
     fit+fast   fit(fused_adam=True, check_every=...)             (same batch, same steps)
     fit+fast B=1024, fit+compile B=1024, ...   larger batches and torch.compile (fewer steps)
+    fit+graph, fit+graph B=1024   CUDA only: fit(cuda_graph=True, fused_adam=True), the whole
+               training step captured in one CUDA graph (where vaetut.fit has that option)
 
 Each path runs one pass over its data as warm-up (timed apart, not counted) and then the
-timed pass(es). The matrix-multiply rate of the device is measured in every round too,
-and the model's FLOP rate (6 x parameters per sample, forward + backward) is reported as
-a fraction of it. Memory: on the CPU the peak of the process's resident set size
-(psutil, sampled every 10 ms on a thread) minus its size when the path started; on CUDA
-torch.cuda.max_memory_allocated minus the memory allocated when the path started.
+timed pass(es). The matrix-multiply rate of the device is measured in every round too;
+the model's FLOP rate (6 x parameters per sample, forward + backward) is reported as a
+fraction of it, and each path's time per epoch as a multiple of the compute limit (the
+epoch's 6 x parameters x images FLOPs at that matmul rate; "× compute limit"). Memory: on
+the CPU the peak of the process's resident set size (psutil, sampled every 10 ms on a
+thread) minus its size when the path started; on CUDA torch.cuda.max_memory_allocated
+minus the memory allocated when the path started.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import inspect
 import json
 import math
 import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any, Callable
 
 import torch
+
+import vaetut
+from bench_report import check_consistency, load, render_markdown, update_readme
+from vaetut.data import load_digits
+from vaetut.device import pick_device
+from vaetut.model import VAE
+from vaetut.objective import elbo, iwae_bound
+from vaetut.train import fit
 
 SCHEMA = 1
 BASELINE_BATCH = 128
@@ -114,6 +133,21 @@ def _load_average() -> list[float] | None:
         return [round(v, 2) for v in os.getloadavg()]
     except (OSError, AttributeError):
         return None
+
+
+def git_commit() -> str | None:
+    """The commit of the vaetut being measured (short hash, "+dirty" for uncommitted
+    changes), or None outside a git checkout."""
+    here = os.path.dirname(os.path.abspath(vaetut.__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
+                              capture_output=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, text=True, capture_output=True, check=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def sync(device: torch.device) -> None:
@@ -204,8 +238,6 @@ def baseline_loop(model: torch.nn.Module, x: torch.Tensor, *, epochs: int, batch
     """
     from torch.utils.data import DataLoader, TensorDataset
 
-    from .objective import elbo
-
     torch.manual_seed(seed)
     cuda = device.type == "cuda"
     if num_workers is None:
@@ -231,8 +263,6 @@ def baseline_loop(model: torch.nn.Module, x: torch.Tensor, *, epochs: int, batch
 
 
 def _fresh_model(config: dict, seed: int = 0):
-    from .model import VAE
-
     torch.manual_seed(seed)
     return VAE(config["x_dim"], config["z_dim"], tuple(config["hidden"]))
 
@@ -240,8 +270,6 @@ def _fresh_model(config: dict, seed: int = 0):
 def run_path(path: dict, x: torch.Tensor, config: dict, device: torch.device,
              timed_epochs: int, lr: float) -> dict:
     """One warm-up pass over x, then `timed_epochs` timed passes; seconds of each part."""
-    from .train import fit
-
     model = _fresh_model(config)
     stamps: list[float] = []
 
@@ -291,7 +319,20 @@ def training_paths(device: torch.device, compile_: bool, check_every: int) -> li
                           "options": {**fast, "compile": "reduce-overhead"},
                           "description": f"as fit+fast, batch {LARGE_BATCH}, "
                                          "compile='reduce-overhead' (CUDA graphs)"})
+    if device.type == "cuda" and fit_has_cuda_graph():
+        graph = {"fused_adam": True, "cuda_graph": True}
+        for batch in (BASELINE_BATCH, LARGE_BATCH):
+            paths.append({"name": "fit+graph" + ("" if batch == BASELINE_BATCH
+                                                 else f" B={batch}"),
+                          "kind": "fit", "batch_size": batch, "options": graph,
+                          "description": f"fit(cuda_graph=True, fused_adam=True), batch "
+                                         f"{batch}: the whole step in one CUDA graph"})
     return paths
+
+
+def fit_has_cuda_graph() -> bool:
+    """Whether this vaetut.fit has the `cuda_graph` option (whole-step CUDA graphs)."""
+    return "cuda_graph" in inspect.signature(vaetut.fit).parameters
 
 
 def bench_training(name: str, x: torch.Tensor, config: dict, device: torch.device, *,
@@ -374,8 +415,6 @@ def bench_training(name: str, x: torch.Tensor, config: dict, device: torch.devic
 def bench_iwae(config: dict, x: torch.Tensor, device: torch.device, ks: list[int],
                matmul_rate: float, log: Callable[[str], None]) -> list[dict]:
     """Time vaetut.iwae_bound (no gradients, default chunking) for each k."""
-    from .objective import iwae_bound
-
     model = _fresh_model(config).to(device).eval()
     x = x.to(device)
     rows = []
@@ -429,8 +468,6 @@ def step_breakdown(config: dict, x: torch.Tensor, device: torch.device, batch_si
     it into matrix multiplies (aten::mm/addmm), Adam's step, and the rest."""
     from torch.profiler import ProfilerActivity, profile
 
-    from .objective import elbo
-
     model = _fresh_model(config).to(device)
     optimizer = (torch.optim.Adam(model.parameters(), lr=1e-3, fused=True) if fused
                  else torch.optim.Adam(model.parameters(), lr=1e-3))
@@ -464,116 +501,10 @@ def step_breakdown(config: dict, x: torch.Tensor, device: torch.device, batch_si
                                         / 1e9 / matmul_rate)}
 
 
-# ----------------------------------------------------------------------------- report
-
-def _fmt(v: Any, spec: str, missing: str = "–") -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return missing
-    return format(v, spec)
-
-
-def _seconds(v: float) -> str:
-    return f"{v:.3g} s" if v >= 1 else f"{v * 1e3:.3g} ms"
-
-
-def render_markdown(results: dict) -> str:
-    """The results JSON as markdown tables (what benchmarks/README.md shows)."""
-    m = results["machine"]
-    out = [f"Measured {results['date']} with `{results['command']}`; torch {m['torch']}, "
-           f"{m['torch_threads']} thread{'' if m['torch_threads'] == 1 else 's'}, "
-           f"CPU {m['cpu']} ({m['cpu_count']} cores)"
-           + (f", GPU {m['cuda']}" if m.get("cuda") else "") + "."
-           + (f" Load average (1 min) {m['load_average_start'][0]:.1f} at the start and "
-              f"{m['load_average_end'][0]:.1f} at the end." if m.get("load_average_start")
-              and m.get("load_average_end") else "")]
-    if results.get("note"):
-        out.append(f"\n**Note:** {results['note']}")
-    for dev, d in results["devices"].items():
-        out.append(f"\n### {dev}: {d['name']}\n")
-        out.append(f"float32 matmul ({d['matmul_size']}x{d['matmul_size']}): "
-                   f"**{d['matmul_gflops']:.0f} GFLOP/s** (median of "
-                   f"{len(d['matmul_gflops_all'])} measurements, one per round). "
-                   f"Peak memory: {d['memory_method']}.\n")
-        if d.get("training"):
-            out.append("| data | path | batch | steps timed | s / epoch | samples / s "
-                       "| × baseline | model GFLOP/s | % of matmul | × compute limit "
-                       "| warm-up s | peak MB |")
-            out.append("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-            for r in d["training"]:
-                if r.get("error"):
-                    out.append(f"| {r['data']} | {r['path']} | {r['batch_size']} | "
-                               f"failed: {r['error']} |" + " |" * 8)
-                    continue
-                out.append(
-                    f"| {r['data']} | {r['path']} | {r['batch_size']} | {r['timed_steps']} "
-                    f"| {_fmt(r['seconds_per_epoch'], '.3g')} "
-                    f"| {_fmt(r['samples_per_second'], ',.0f')} "
-                    f"| {_fmt(r['speedup_vs_baseline'], '.2f')} "
-                    f"| {_fmt(r['model_gflops'], '.1f')} "
-                    f"| {_fmt(100 * r['fraction_of_matmul'], '.0f')} "
-                    f"| {_fmt(r['times_from_limit'], '.1f')} "
-                    f"| {_fmt(r['warmup_seconds'], '.2f')} "
-                    f"| {_fmt(r['peak_memory_mb'], '.0f')} |")
-            for data_name, info in d.get("data", {}).items():
-                out.append(f"\n{data_name}: {info['n_train']:,} training images of "
-                           f"{info['x_dim']} pixels, model {info['model']} "
-                           f"({info['params']:,} parameters, "
-                           f"{info['flops_per_epoch'] / 1e12:.3g} TFLOP an epoch by 6N). "
-                           f"The matmul rate during its rounds was "
-                           f"{info['matmul_gflops']:.0f} GFLOP/s (what its % and × columns "
-                           f"use): at that rate an epoch would take "
-                           f"{_seconds(info['epoch_at_matmul_rate_s'])}.")
-        if d.get("breakdown"):
-            out.append("\nWhere a training step's time goes (mnist model, torch.profiler; "
-                       "GEMM = aten::mm/addmm, its rate from the exact matmul FLOPs):\n")
-            out.append("| batch | Adam | ms / step | GEMM share | GEMM GFLOP/s | GEMM % of matmul "
-                       "| Adam step share | rest (elementwise, autograd, Python) |")
-            out.append("|--:|---|--:|--:|--:|--:|--:|--:|")
-            for r in d["breakdown"]:
-                out.append(f"| {r['batch_size']} | {'fused' if r['fused_adam'] else 'for-loop'} "
-                           f"| {r['ms_per_step']:.3g} | {100 * r['gemm_share']:.0f}% "
-                           f"| {r['gemm_gflops']:.1f} | {100 * r['gemm_fraction_of_matmul']:.0f} "
-                           f"| {100 * r['adam_share']:.0f}% | {100 * r['other_share']:.0f}% |")
-        if d.get("iwae"):
-            out.append("\n| IWAE bound | images | chunk | seconds | GFLOP/s | % of matmul "
-                       "| peak MB |")
-            out.append("|---|--:|--:|--:|--:|--:|--:|")
-            for r in d["iwae"]:
-                if r.get("error"):
-                    out.append(f"| k = {r['k']:,} | {r['n_images']:,} | {r['chunk_size']} | "
-                               f"failed: {r['error']} | | | |")
-                    continue
-                out.append(f"| k = {r['k']:,} | {r['n_images']:,} | {r['chunk_size']} "
-                           f"| {_fmt(r['seconds'], '.3g')} | {_fmt(r['gflops'], '.1f')} "
-                           f"| {_fmt(100 * r['fraction_of_matmul'], '.0f')} "
-                           f"| {_fmt(r['peak_memory_mb'], '.0f')} |")
-    return "\n".join(out) + "\n"
-
-
-def update_readme(readme: str | os.PathLike, results_path: str | os.PathLike) -> None:
-    """Put the rendering of results_path into readme between the lines
-    `<!-- bench:begin NAME -->` and `<!-- bench:end NAME -->` (NAME: the JSON's file name),
-    appending them at the end if they are not there yet."""
-    name = os.path.basename(results_path)
-    begin, end = f"<!-- bench:begin {name} -->", f"<!-- bench:end {name} -->"
-    with open(results_path) as f:
-        table = render_markdown(json.load(f))
-    text = open(readme).read() if os.path.exists(readme) else ""
-    block = f"{begin}\n<!-- generated by: python -m vaetut bench --render {results_path} " \
-            f"--readme {readme} -->\n\n{table}\n{end}"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    with open(readme, "w") as f:
-        f.write(text)
-
-
 # ----------------------------------------------------------------------------- main
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vaetut bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="all",
                    help="cpu, cuda, cuda:N or all (the CPU, and CUDA when present)")
@@ -592,16 +523,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--note", default=None, help="a remark stored in the JSON and shown")
     p.add_argument("--out", default=None,
-                   help="JSON file to write (default benchmarks/results/<machine>.json)")
+                   help="JSON file to write (default benchmarks/results/<machine>.json; "
+                        "with --quick, vaetut-bench-quick.json in the temporary folder)")
     p.add_argument("--render", metavar="JSON", default=None,
-                   help="print the markdown table of a results file and exit")
+                   help="print the markdown table of a results file (from any machine) and "
+                        "exit; fails if its derived columns do not follow from its timings")
     p.add_argument("--readme", metavar="MD", default=None,
                    help="with --render: write the table into this markdown file instead, "
                         "between its bench:begin/bench:end markers for that JSON")
     return p
 
 
-def default_out(devices: list[torch.device]) -> str:
+def default_out(devices: list[torch.device], quick: bool = False) -> str:
+    """benchmarks/results/<machine>.json; a --quick run (not a measurement) goes to the
+    temporary folder instead, so that it never replaces a committed results file."""
+    if quick:
+        return os.path.join(tempfile.gettempdir(), "vaetut-bench-quick.json")
     tag = f"cpu-{os.cpu_count()}core"
     for d in devices:
         if d.type == "cuda":
@@ -617,11 +554,16 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     args = _parser().parse_args(argv)
     if args.render:
+        results = load(args.render)
+        problems = check_consistency(results)
+        for problem in problems:  # columns that do not follow from the file's raw timings
+            print(f"{args.render}: {problem}", file=sys.stderr)
+        if problems:
+            return 1
         if args.readme:
             update_readme(args.readme, args.render)
-            return 0
-        with open(args.render) as f:
-            sys.stdout.write(render_markdown(json.load(f)))
+        else:
+            sys.stdout.write(render_markdown(results))
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -629,15 +571,11 @@ def main(argv: list[str] | None = None) -> int:
         devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available()
                                            else [])
     else:
-        from .device import pick_device
-
         devices = [pick_device(args.device)]
     parts = args.only or ["digits", "mnist", "iwae"]
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
-
-    from .data import load_digits
 
     digits = load_digits(binarize="fixed")
     if args.quick:
@@ -650,8 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     datasets = {"digits": (digits.train, {"x_dim": 64, "z_dim": 8, "hidden": [128]}),
                 "mnist": (mnist, {"x_dim": 784, "z_dim": 20, "hidden": [400]})}
     results: dict[str, Any] = {
-        "schema": SCHEMA, "command": shlex.join(["python", "-m", "vaetut", "bench", *argv]),
+        "schema": SCHEMA, "command": shlex.join(["python", "benchmarks/bench.py", *argv]),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "commit": git_commit(),
         "machine": machine_info(), "note": args.note, "quick": args.quick, "devices": {}}
     for device in devices:
         cuda = device.type == "cuda"
@@ -699,10 +638,14 @@ def main(argv: list[str] | None = None) -> int:
         d["matmul_gflops"] = statistics.median(d["matmul_gflops_all"])
         results["devices"][str(device)] = d
     results["machine"]["load_average_end"] = _load_average()
-    out = args.out or default_out(devices)
+    out = args.out or default_out(devices, args.quick)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(results, f, indent=1)
     sys.stdout.write(render_markdown(results))
     log(f"wrote {out}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
