@@ -18,7 +18,7 @@ SCRIPT = """
 import json, os, sys
 import torch, vaetut
 from vaetut import distributed
-from vaetut.train import _data_parallel_step
+from vaetut.steps import data_parallel_step
 
 rank = int(os.environ["RANK"])
 # the script joins the group itself (fit then uses it and leaves it up), so that the
@@ -40,7 +40,7 @@ json.dump(seen, open(os.path.join(sys.argv[1], f"batches-{{rank}}.json"), "w"))
 
 # one more global batch, by hand: this rank's share of the gradient, after DDP's average
 ddp = torch.nn.parallel.DistributedDataParallel(distributed.ObjectiveModule(model, vaetut.elbo))
-_, loss, global_loss = _data_parallel_step(ddp, model, digits.train, torch.arange(50), 1,
+_, loss, global_loss = data_parallel_step(ddp, model, digits.train, torch.arange(50), 1,
                                            torch.Generator().manual_seed(7), context)
 model.zero_grad()
 loss.backward()

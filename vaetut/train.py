@@ -1,8 +1,12 @@
-"""Training: `fit` maximizes the ELBO with Adam on data held on the device."""
+"""Training: `fit` maximizes the ELBO with Adam on data held on the device.
+
+fit checks its arguments, builds the step (vaetut/steps.py: eager, CUDA graph or
+data-parallel), then runs the epoch loop: one pass of steps, the epoch's record (train
+means, test evaluation), the finiteness check, the checkpoint (vaetut/checkpoint.py,
+vaetut/resume.py), the callback.
+"""
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import math
 import os
@@ -11,18 +15,16 @@ from typing import Any, Callable
 import torch
 from tqdm.std import tqdm  # plain text: no widget needed in notebooks
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import save_checkpoint
 from .data import binarize_stochastic
 from .device import pick_device
 from . import distributed as dist_utils
 from .model import VAE
 from .objective import ELBO, check_count, check_input, elbo
+from .resume import resume as resume_run, run_definition
+from .steps import DataParallelSteps, EagerSteps, GraphedSteps, NonFiniteLossError
 
 METRICS = ("elbo", "log_px_given_z", "kl_to_prior")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the epoch and the step."""
 
 
 class History:
@@ -94,23 +96,6 @@ def _check_positive_float(name: str, value: Any) -> None:
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def _check_losses(losses: torch.Tensor, start: int, stop: int, epoch: int,
-                  steps_per_epoch: int, lr: float, check_every: int, note: str) -> None:
-    """fit(check_every=N): raise NonFiniteLossError naming the first non-finite loss among
-    steps start+1..stop of this epoch (one host synchronisation for N steps); `note`
-    (from _checkpoint_note) ends the message."""
-    window = losses[start:stop]
-    bad = ~torch.isfinite(window)
-    if not bad.any():
-        return
-    first = int(bad.nonzero()[0, 0])
-    raise NonFiniteLossError(
-        f"loss is {window[first].item()} at epoch {epoch}, step {start + first + 1} of "
-        f"{steps_per_epoch} (lr={lr}); found by the check after step {stop} "
-        f"(check_every={check_every}), so steps {start + first + 1} to {stop} have changed "
-        "the weights and the model is not usable" + note)
-
-
 def _checkpoint_note(checkpoint: str | os.PathLike | None, saved_epoch: int | None) -> str:
     """The end of a NonFiniteLossError message: what the checkpoint file holds, naming
     only what exists."""
@@ -139,81 +124,6 @@ def _check_finite_epoch(record: dict[str, Any], model: VAE, epoch: int, lr: floa
             "not usable" + note)
 
 
-def _fingerprint(x: torch.Tensor | None) -> str | None:
-    """Shape, dtype and a hash of the bytes of x (on the CPU, so the same on any device)."""
-    if x is None:
-        return None
-    flat = x.detach().cpu().contiguous().reshape(-1)
-    digest = hashlib.blake2b(flat.view(torch.uint8).numpy(), digest_size=16).hexdigest()
-    return f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')} blake2b:{digest}"
-
-
-def _objective_name(objective: Callable) -> str:
-    """The objective's module and qualified name (its parameters, such as a BetaELBO's
-    beta, are not part of it)."""
-    if isinstance(objective, functools.partial):
-        return f"functools.partial({_objective_name(objective.func)})"
-    target = objective if hasattr(objective, "__qualname__") else type(objective)
-    return f"{getattr(target, '__module__', '?')}.{target.__qualname__}"
-
-
-RUN_LABELS = {"train": "train data", "test": "test data"}
-
-
-def _run_definition(*, lr, seed, batch_size, n_samples, objective, stochastic_binarization,
-                    train, test) -> dict[str, Any]:
-    """What defines a run and must be the same for a resume to continue it."""
-    return {"lr": lr, "seed": seed, "batch_size": batch_size, "n_samples": n_samples,
-            "objective": _objective_name(objective),
-            "stochastic_binarization": bool(stochastic_binarization),
-            "train": _fingerprint(train), "test": _fingerprint(test)}
-
-
-def _resume(checkpoint: str | os.PathLike, model: VAE, optimizer: torch.optim.Optimizer,
-            gen: torch.Generator, dev: torch.device, run: dict[str, Any], epochs: int,
-            fused_adam: bool) -> tuple[History, int]:
-    """Load the model, optimizer and generator states from `checkpoint` after checking
-    that it continues the run this call defines; return its history and epoch."""
-    stored, payload = load_checkpoint(checkpoint, map_location=dev)
-    afresh = ("pass resume=False (command line: --no-resume) to start afresh and overwrite "
-              "it, or another checkpoint path (--out)")
-    if stored.config != model.config:
-        raise ValueError(f"checkpoint {checkpoint!r} holds a model {stored.config}, "
-                         f"not {model.config}; {afresh}")
-    stored_dtype, dtype = next(stored.parameters()).dtype, next(model.parameters()).dtype
-    if stored_dtype != dtype:
-        raise ValueError(f"checkpoint {checkpoint!r} holds a {stored_dtype} model, this one is "
-                         f"{dtype}; convert the model with model.to({stored_dtype}), or {afresh}")
-    missing = [k for k in ("optimizer", "generator", "history", "epoch") if k not in payload]
-    if missing:
-        raise ValueError(f"{checkpoint!r} holds a model but no training state "
-                         f"({', '.join(missing)} missing): it was not written by fit, so "
-                         f"training cannot resume from it; {afresh}")
-    if not isinstance(payload.get("run"), dict):
-        raise ValueError(f"{checkpoint!r} does not record the run that wrote it (lr, seed, "
-                         "batch size, objective, data): it was written by an older vaetut, "
-                         f"so a resume cannot be checked; {afresh}")
-    differences = [f"{RUN_LABELS.get(k, k)}: {payload['run'].get(k)!r} in the checkpoint, "
-                   f"{v!r} in this call" for k, v in run.items() if payload["run"].get(k) != v]
-    if differences:
-        raise ValueError(f"cannot resume from {checkpoint!r}: it was written by another run ("
-                         + "; ".join(differences) + "). To continue it, call fit with the "
-                         f"checkpoint's settings and data; otherwise {afresh}")
-    if payload["epoch"] > epochs:
-        raise ValueError(f"{checkpoint!r} holds epoch {payload['epoch']}, more than "
-                         f"epochs={epochs} asks for; pass epochs={payload['epoch']} to get it "
-                         f"as it is or more to train on, or {afresh}")
-    model.load_state_dict(payload["model"])
-    opt_state = payload["optimizer"]
-    if fused_adam or any(g.get("fused") for g in opt_state["param_groups"]):
-        # run the kernel this call asks for, whatever the checkpoint was saved with
-        opt_state = {**opt_state, "param_groups": [
-            {**g, "fused": True if fused_adam else None} for g in opt_state["param_groups"]]}
-    optimizer.load_state_dict(opt_state)
-    gen.set_state(payload["generator"].cpu())
-    return History(payload["history"]), payload["epoch"]
-
-
 def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, epochs: int = 10,
         batch_size: int = 128, lr: float = 1e-3, device: str | torch.device = "auto",
         seed: int = 0, n_samples: int = 1, progress: bool = True,
@@ -221,7 +131,7 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
         stochastic_binarization: bool = False,
         objective: Callable[..., ELBO] = elbo,
         on_epoch_end: Callable[[int, VAE, dict], None] | None = None,
-        fused_adam: bool = False, check_every: int = 1,
+        cuda_graph: bool | str = "auto", fused_adam: bool = False, check_every: int = 1,
         compile: bool | str = False, distributed: bool | None = None,
         dist_timeout_s: float = 120.0) -> History:
     """Train `model` by gradient ascent on the mean ELBO of mini-batches; return a History.
@@ -243,8 +153,21 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
     weight raises it too, before anything of that epoch is recorded, saved or passed to
     `on_epoch_end`.
 
-    Fast paths (off by default; each keeps the results of the plain loop, see
-    tests/test_fast_paths.py and benchmarks/README.md):
+    How a step is launched (vaetut/steps.py):
+
+    - `cuda_graph="auto"` (the default): on CUDA, the whole step (batch gathering,
+      forward, backward, Adam) is captured in a CUDA graph and replayed, one launch per
+      step instead of about ninety, when nothing can change what a step computes between
+      steps: a single process, no `compile` and no `on_epoch_end` (a callback such as KL
+      annealing's may change the objective, and a graph would freeze it). Elsewhere the
+      plain loop runs. `cuda_graph=True` asks for the graph (CUDA only; then the
+      objective's Python-side state is read once, at capture), `False` for the plain
+      loop. On the graph path the same seed gives the same run and a checkpoint resumes
+      it exactly; NaN or infinite losses are tested once per epoch, as with check_every
+      (below), and raise NonFiniteLossError naming the first bad step.
+
+    Fast paths of the plain loop (off by default; each keeps the results of the plain
+    loop, see tests/test_fast_paths.py and benchmarks/README.md):
 
     - `fused_adam=True`: Adam's fused kernel (one pass over each parameter instead of
       about ten); equal to the plain loop within float rounding.
@@ -271,17 +194,9 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
     reuse it (a group torn down and made again on torchrun's store can hang); end it with
     `vaetut.distributed.leave` or `torch.distributed.destroy_process_group()`.
     """
-    check_count("epochs", epochs)
-    check_count("batch_size", batch_size)
-    _check_positive_float("lr", lr)
-    check_count("n_samples", n_samples)
-    check_count("check_every", check_every)
-    _check_seed("seed", seed)
-    if not isinstance(fused_adam, bool):
-        raise ValueError(f"fused_adam must be True or False, got {fused_adam!r}")
-    if not (isinstance(compile, bool) or compile in COMPILE_MODES):
-        raise ValueError(f"compile must be True, False or one of {COMPILE_MODES}, "
-                         f"got {compile!r}")
+    _check_fit_arguments(epochs=epochs, batch_size=batch_size, lr=lr, n_samples=n_samples,
+                         check_every=check_every, seed=seed, fused_adam=fused_adam,
+                         compile=compile, cuda_graph=cuda_graph)
     check_input(model, train, "train")
     if test is not None:
         check_input(model, test, "test")
@@ -290,78 +205,51 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
         distributed = dist_utils.launched_by_torchrun()
     context = dist_utils.Context()
     if distributed:
-        if compile or check_every > 1:
-            raise ValueError("compile and check_every > 1 are single-process fast paths; "
-                             "use them with distributed=False")
+        if compile or check_every > 1 or cuda_graph is True:
+            raise ValueError("compile, check_every > 1 and cuda_graph=True are single-process "
+                             "fast paths; use them with distributed=False")
         context, dev = dist_utils.join(dev, dist_timeout_s)
+    graphed = _use_cuda_graph(cuda_graph, dev, distributed, compile, on_epoch_end)
     model.to(dev)
     train = train.to(dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
-    optimizer = (torch.optim.Adam(model.parameters(), lr=lr, fused=True) if fused_adam
-                 else torch.optim.Adam(model.parameters(), lr=lr))
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=fused_adam or None,
+                                 capturable=graphed)
     history, start_epoch, saved_epoch, run = History(), 0, None, None
     if checkpoint is not None:
-        run = _run_definition(lr=lr, seed=seed, batch_size=batch_size, n_samples=n_samples,
-                              objective=objective, train=train, test=test,
-                              stochastic_binarization=stochastic_binarization)
+        run = run_definition(lr=lr, seed=seed, batch_size=batch_size, n_samples=n_samples,
+                             objective=objective, train=train, test=test,
+                             stochastic_binarization=stochastic_binarization)
         if resume and os.path.exists(checkpoint):
-            history, start_epoch = _resume(checkpoint, model, optimizer, gen, dev, run, epochs,
-                                           fused_adam)
-            saved_epoch = start_epoch
+            records, start_epoch = resume_run(checkpoint, model, optimizer, gen, dev, run, epochs)
+            history, saved_epoch = History(records), start_epoch
 
-    n = len(train)
-    steps_per_epoch = math.ceil(n / batch_size)
-    step_objective = objective
-    if compile:
-        step_objective = torch.compile(objective, dynamic=False,
-                                       mode=None if compile is True else compile)
-    lazy_check = check_every > 1
-    ddp_objective = None
-    if distributed:
-        # DDP broadcasts rank 0's weights now and averages gradients over ranks in backward
-        ddp_objective = torch.nn.parallel.DistributedDataParallel(
-            dist_utils.ObjectiveModule(model, objective))
+    if graphed:  # the graphs read the data at one address: the binarization goes there
+        x_static = train.clone() if stochastic_binarization else train
+        steps = GraphedSteps(model, objective, optimizer, x_static, batch_size, n_samples, gen)
+    elif distributed:
+        steps = DataParallelSteps(model, objective, optimizer, len(train), batch_size,
+                                  n_samples, gen, context)
+    else:
+        step_objective = objective if not compile else torch.compile(
+            objective, dynamic=False, mode=None if compile is True else compile)
+        steps = EagerSteps(model, step_objective, optimizer, len(train), batch_size, n_samples,
+                           gen, check_every)
+
     bar = tqdm(total=epochs, initial=start_epoch, disable=not (progress and context.is_main),
                desc="fit", unit="epoch")
     try:
         for epoch in range(start_epoch + 1, epochs + 1):
             model.train()
             x_epoch = binarize_stochastic(train, gen) if stochastic_binarization else train
-            sums = torch.zeros(3, dtype=torch.float64, device=dev)
-            if lazy_check:  # each step's loss, kept on the device, tested every check_every steps
-                losses, checked = torch.zeros(steps_per_epoch, device=dev), 0
-            for step, idx in enumerate(torch.randperm(n, generator=gen, device=dev).split(batch_size)):
-                if ddp_objective is None:
-                    terms = step_objective(model, x_epoch[idx], n_samples, gen, validate=False)
-                    loss = global_loss = -terms.elbo.mean()
-                else:
-                    terms, loss, global_loss = _data_parallel_step(
-                        ddp_objective, model, x_epoch, idx, n_samples, gen, context)
-                if lazy_check:
-                    losses[step] = loss.detach()
-                    if (step + 1) % check_every == 0:
-                        _check_losses(losses, checked, step + 1, epoch, steps_per_epoch, lr,
-                                      check_every, _checkpoint_note(checkpoint, saved_epoch))
-                        checked = step + 1
-                elif not torch.isfinite(global_loss):
-                    raise NonFiniteLossError(
-                        f"loss is {global_loss.item()} at epoch {epoch}, step {step + 1} of "
-                        f"{steps_per_epoch} (lr={lr}); the weights are those before this step"
-                        + _checkpoint_note(checkpoint, saved_epoch))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                sums += torch.stack([t.detach().sum() for t in terms]).double()
-            if lazy_check and checked < steps_per_epoch:
-                _check_losses(losses, checked, steps_per_epoch, epoch, steps_per_epoch, lr,
-                              check_every, _checkpoint_note(checkpoint, saved_epoch))
-            sums = dist_utils.all_reduce_sum(sums, context)
+            note = _checkpoint_note(checkpoint, saved_epoch)
+            sums = dist_utils.all_reduce_sum(steps.run_epoch(x_epoch, epoch, note), context)
             record = {"epoch": epoch,
-                      **{f"train_{k}": v for k, v in zip(METRICS, (sums / n).tolist())}}
+                      **{f"train_{k}": v for k, v in zip(METRICS, (sums / len(train)).tolist())}}
             if test is not None:
                 record.update({f"test_{k}": v
                                for k, v in _evaluate(model, test, 1024, 1, seed + 1).items()})
-            _check_finite_epoch(record, model, epoch, lr, _checkpoint_note(checkpoint, saved_epoch))
+            _check_finite_epoch(record, model, epoch, lr, note)
             history.records.append(record)
             if checkpoint is not None:
                 if context.is_main:
@@ -378,20 +266,34 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
     return history
 
 
-def _data_parallel_step(ddp_objective, model: VAE, x_epoch: torch.Tensor, idx: torch.Tensor,
-                        n_samples: int, gen: torch.Generator, context: dist_utils.Context):
-    """This rank's terms and loss for one global batch `idx`, and the global loss.
+def _check_fit_arguments(*, epochs, batch_size, lr, n_samples, check_every, seed, fused_adam,
+                         compile, cuda_graph) -> None:
+    """ValueError naming the first argument of fit that is not what it must be."""
+    check_count("epochs", epochs)
+    check_count("batch_size", batch_size)
+    _check_positive_float("lr", lr)
+    check_count("n_samples", n_samples)
+    check_count("check_every", check_every)
+    _check_seed("seed", seed)
+    if not isinstance(fused_adam, bool):
+        raise ValueError(f"fused_adam must be True or False, got {fused_adam!r}")
+    if not (isinstance(compile, bool) or compile in COMPILE_MODES):
+        raise ValueError(f"compile must be True, False or one of {COMPILE_MODES}, "
+                         f"got {compile!r}")
+    if not (isinstance(cuda_graph, bool) or cuda_graph == "auto"):
+        raise ValueError(f"cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
 
-    Every rank draws the noise of the whole batch (same generator, same order as the
-    single-process objective would) and keeps its slice. DDP averages gradients over the
-    world_size ranks, so this rank's loss is its sum of -ELBO times world_size / batch:
-    the average is then the gradient of the global batch mean, whatever the slice sizes.
-    """
-    dtype = next(model.parameters()).dtype
-    eps = torch.randn((n_samples, len(idx), model.z_dim), dtype=dtype, device=idx.device,
-                      generator=gen)
-    part = context.batch_slice(len(idx))
-    terms = ddp_objective(x_epoch[idx[part]], n_samples, gen, eps[:, part])
-    loss = -terms.elbo.sum() * (context.world_size / len(idx))
-    global_loss = dist_utils.all_reduce_sum(-terms.elbo.detach().sum(), context) / len(idx)
-    return terms, loss, global_loss
+
+def _use_cuda_graph(cuda_graph: bool | str, dev: torch.device, distributed: bool,
+                    compile: bool | str, on_epoch_end) -> bool:
+    """Whether fit captures its step in a CUDA graph (see fit's docstring)."""
+    if cuda_graph == "auto":
+        return (dev.type == "cuda" and not distributed and not compile
+                and on_epoch_end is None)
+    if cuda_graph and dev.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a CUDA device, but fit runs on {dev}; "
+                         "use cuda_graph='auto' or False")
+    if cuda_graph and compile:
+        raise ValueError("cuda_graph=True and compile are two ways to cut launch overhead; "
+                         "choose one")
+    return bool(cuda_graph)
