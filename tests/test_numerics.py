@@ -18,25 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PINNED = dict(line.split("=", 1) for line in (ROOT / "numerics.env").read_text().splitlines()
               if line and not line.startswith("#"))
 
-FINGERPRINT = r"""
-import hashlib
-import numpy as np
-import torch
-from sklearn.decomposition import PCA
-import vaetut
-
-torch.manual_seed(0)
-digits = vaetut.data.load_digits(binarize="fixed")
-model = vaetut.VAE(64, 8, (64,))
-vaetut.fit(model, digits.train, epochs=2, batch_size=64, lr=3e-3, progress=False, device="cpu")
-exact = vaetut.LinearGaussian.from_pca(digits.train.double(), 4)
-parts = [p.detach().numpy().tobytes() for p in model.parameters()]
-parts.append(exact.log_evidence(digits.test.double()).numpy().tobytes())
-parts.append(PCA(10).fit(digits.train.double().numpy()).components_.tobytes())
-grid = np.linspace(0.01, 5.0, 10_001)
-parts.append((np.exp(grid) + np.log(grid) + np.tanh(grid)).tobytes())
-print(hashlib.sha256(b"".join(parts)).hexdigest())
-"""
+FINGERPRINT = ROOT / "tools" / "numerics_fingerprint.py"
 
 
 def fingerprint(**changes: str | None) -> str:
@@ -46,7 +28,7 @@ def fingerprint(**changes: str | None) -> str:
             env.pop(name, None)
         else:
             env[name] = value
-    return subprocess.run([sys.executable, "-c", FINGERPRINT], env=env, capture_output=True,
+    return subprocess.run([sys.executable, str(FINGERPRINT)], env=env, capture_output=True,
                           text=True, check=True, timeout=300).stdout.strip()
 
 
