@@ -106,3 +106,12 @@ def test_a_malformed_mnist_file_fails_in_one_line_naming_it(tmp_path, damage):
                     "--out", str(tmp_path / "out"))
     _one_line_error(result, "-idx")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_diverged_run_prints_one_line_and_exits_1(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "vaetut", "train", "--epochs", "2", "--lr",
+                             "1e6", "--out", str(tmp_path / "run"), "--no-progress"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("vaetut train: training diverged: ")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -118,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as err:  # bad input: a message, not a traceback
             print(f"vaetut train: error: {err}", file=sys.stderr)
             return 2
+        except RuntimeError as err:  # training diverged: the message says where
+            from .steps import NonFiniteLossError
+            if not isinstance(err, NonFiniteLossError):
+                raise
+            print(f"vaetut train: training diverged: {err}", file=sys.stderr)
+            return 1
     return 0  # unreachable: argparse requires a known command
 
 
