@@ -122,13 +122,15 @@ def reachable_parameters(scalar: torch.Tensor, named_params: dict[str, torch.Ten
     listed when a path exists, even if the gradient along it happens to be zero."""
     by_id = {id(p): n for n, p in named_params.items()}
     found: set[str] = set()
-    seen: set[int] = set()
+    # node objects are made afresh on each access and freed when dropped, so an id can be
+    # reused by another node: keep every visited node alive for the walk
+    seen: dict[int, object] = {}
     stack = [scalar.grad_fn] if scalar.grad_fn is not None else []
     while stack:
         fn = stack.pop()
         if fn is None or id(fn) in seen:
             continue
-        seen.add(id(fn))
+        seen[id(fn)] = fn
         leaf = getattr(fn, "variable", None)  # AccumulateGrad holds its leaf tensor
         if leaf is not None and id(leaf) in by_id:
             found.add(by_id[id(leaf)])
