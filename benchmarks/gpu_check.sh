@@ -8,7 +8,7 @@
 # Usage: bash benchmarks/gpu_check.sh OUT_DIR   (python3 with a CUDA build of torch, nbval,
 # pytest-xdist and pytest-timeout importable; the repository root as working directory).
 # Everything ends up in OUT_DIR.tar.gz as well (a lent machine may send back only a few
-# files); tools/gpu_record.py turns OUT_DIR into benchmarks/results/gpu-check-*.json.
+# files); tools/gpu_record.py turns OUT_DIR into benchmarks/results/gpu-checks/*.json.
 # Lesson of the first run (2026-11-28): the unit tests, the CUDA chapters and the CPU chapters
 # at once share 16 cores, so the chapter times are not timings; give TESTS_S room.
 set -u

@@ -45,12 +45,13 @@ if __name__ == "__main__":
     if args.times:  # a run of some notebooks updates their entries and keeps the others'
         try:
             with open(args.times) as f:
-                times = {**json.load(f).get("seconds", {}), **times}
+                kept = json.load(f)  # other keys (earlier measurements beside these) stay
+                times = {**kept.get("seconds", {}), **times}
         except (FileNotFoundError, json.JSONDecodeError):
-            pass
+            kept = {}
         slowest = sorted(times.items(), key=lambda item: -item[1])
         with open(args.times, "w") as f:
-            json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            json.dump({**kept, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor(),
                                    "torch": torch.__version__, "threads": os.environ.get("OMP_NUM_THREADS"),
                                    "load_average": list(os.getloadavg())},

@@ -1,6 +1,6 @@
 """Turn the folder benchmarks/gpu_check.sh wrote into one JSON record for benchmarks/results/.
 
-    python tools/gpu_record.py OUT_DIR benchmarks/results/gpu-check-h200.json --commit REV
+    python tools/gpu_record.py OUT_DIR benchmarks/results/gpu-checks/h200-DATE.json --commit REV
 
 The record names the device and torch version, and holds: the unit tests' counts and the
 names of any that failed; each chapter's pass/fail and wall time on CUDA under
