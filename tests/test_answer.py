@@ -114,3 +114,18 @@ def test_diagonal_q_optima_against_numerical_minimization():
     same = A.diagonal_q_optima(torch.diag(torch.tensor([0.5, 2.0], dtype=DTYPE)))
     torch.testing.assert_close(same[0], same[1])
     assert math.isclose(float(reverse_v[0]), 1 - 0.8 ** 2, rel_tol=1e-12)
+
+
+def test_draw_climb_draws_the_curves_and_the_path(ml, grey):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    q_mean, q_cov = A.scaled(ml, 0.3).posterior(grey)
+    climb = A.em_in_scale(ml, grey, 0.3, q_mean, q_cov, 2)
+    fig, ax = plt.subplots()
+    A.draw_climb(ax, ml, grey, climb, torch.linspace(0.2, 1.4, 25, dtype=DTYPE), curves_at=[1, 3])
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels[:3] == [r"$\log p_\theta(x)$", "ELBO, q of step 1", "ELBO, q of step 3"]
+    assert len(ax.texts) == len(climb.s) - 1  # one arrow per step
+    plt.close(fig)
