@@ -10,16 +10,17 @@ import pytest
 
 def test_help_lists_the_commands():
     out = subprocess.run([sys.executable, "-m", "vaetut", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+                         text=True, check=True, timeout=120).stdout
     assert "train" in out and "bench" in out
     out = subprocess.run([sys.executable, "-m", "vaetut", "train", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+                         text=True, check=True, timeout=120).stdout
     assert "--epochs" in out and "--mnist-root" in out and "(default: digits)" in out
 
 
 def test_train_writes_checkpoint_history_and_picture(tmp_path):
     result = subprocess.run([sys.executable, "-m", "vaetut", "train", "--epochs", "2", "--out",
-                             str(tmp_path), "--no-progress"], capture_output=True, text=True)
+                             str(tmp_path), "--no-progress"], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr
     assert {p.name for p in tmp_path.iterdir()} == {"checkpoint.pt", "history.json", "samples.png"}
     history = json.loads((tmp_path / "history.json").read_text())
@@ -31,14 +32,14 @@ def test_train_writes_checkpoint_history_and_picture(tmp_path):
 def test_train_reports_a_missing_mnist_folder_clearly(tmp_path):
     result = subprocess.run([sys.executable, "-m", "vaetut", "train", "--data", "mnist",
                              "--mnist-root", str(tmp_path / "none"), "--epochs", "1"],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "MNIST IDX files" in result.stderr
 
 
 def _train(*args):
     return subprocess.run([sys.executable, "-m", "vaetut", "train", "--no-progress", *args],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=300)
 
 
 def _one_line_error(result, *parts):

@@ -179,12 +179,16 @@ def test_a_killed_training_run_resumes_to_the_same_model(tmp_path):
                 proc.send_signal(signal.SIGKILL)
                 break
         time.sleep(0.02)
-    proc.wait()
+    try:
+        proc.wait(timeout=60)
+    finally:  # never leave the run behind, whatever happened
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert 2 <= epoch_at_kill < epochs
-    subprocess.run(_train_cmd(killed, epochs), env=env, check=True)  # resumes
+    subprocess.run(_train_cmd(killed, epochs), env=env, check=True, timeout=300)  # resumes
     whole = tmp_path / "whole"
-    subprocess.run(_train_cmd(whole, epochs), env=env, check=True)
+    subprocess.run(_train_cmd(whole, epochs), env=env, check=True, timeout=300)
     (w_killed, p_killed), (w_whole, p_whole) = _final_weights(killed), _final_weights(whole)
     assert p_killed["epoch"] == p_whole["epoch"] == epochs
     assert p_killed["history"] == p_whole["history"]
