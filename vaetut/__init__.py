@@ -4,8 +4,10 @@ Where things are:
     model.py       the VAE: encoder q(z|x), decoder p(x|z), prior N(0, I)
     objective.py   the ELBO and its two terms, the reparameterization, the IWAE bound
     data.py        the digits (default, offline) and MNIST from IDX files
-    train.py       fit: the training loop, history, evaluation
+    train.py       fit: the epoch loop, history, evaluation
+    steps.py       the training step: eager, whole-step CUDA graph, data-parallel
     checkpoint.py  atomic save, safe load
+    resume.py      what defines a run; resuming it from its checkpoint
     device.py      pick_device
     exact.py       probabilistic PCA: log p(x), p(z|x), the exact ELBO and KL (chapter 1)
 """
