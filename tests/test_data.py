@@ -109,24 +109,18 @@ def test_a_vae_trains_on_mnist_files(tmp_path):
     assert len(history) == 2
 
 
-def test_an_image_file_in_the_labels_slot_is_named(tmp_path):
+@pytest.mark.parametrize("name, array, message", [
+    # an image file in the labels slot
+    ("train-labels-idx1-ubyte", np.zeros((6, 28, 28)), r"train-labels-idx1-ubyte.*1 dimension.*\(6, 28, 28\)"),
+    # a labels file in the images slot
+    ("t10k-images-idx3-ubyte", np.zeros(4), r"t10k-images-idx3-ubyte.*3 dimensions"),
+    # train and test images of different sizes
+    ("t10k-images-idx3-ubyte", np.zeros((4, 20, 20)), r"t10k-images-idx3-ubyte.*20x20.*28x28"),
+])
+def test_a_file_of_the_wrong_shape_is_named(tmp_path, name, array, message):
     make_mnist(tmp_path, compress=False)
-    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros((6, 28, 28)), compress=False)
-    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte.*1 dimension.*\(6, 28, 28\)"):
-        load_mnist(tmp_path)
-
-
-def test_a_labels_file_in_the_images_slot_is_named(tmp_path):
-    make_mnist(tmp_path, compress=False)
-    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros(4), compress=False)
-    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.*3 dimensions"):
-        load_mnist(tmp_path)
-
-
-def test_train_and_test_images_of_different_sizes_are_refused(tmp_path):
-    make_mnist(tmp_path, compress=False)
-    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((4, 20, 20)), compress=False)
-    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.*20x20.*28x28"):
+    write_idx(tmp_path / name, array, compress=False)
+    with pytest.raises(ValueError, match=message):
         load_mnist(tmp_path)
 
 
