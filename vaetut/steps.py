@@ -194,8 +194,12 @@ class GraphedSteps:
                 p.copy_(saved)
             for p, state in self.optimizer.state.items():
                 for k, v in state.items():
-                    if torch.is_tensor(v):  # a fresh Adam's state is all zeros (step 0)
-                        v.copy_(saved_state[p][k]) if p in saved_state else v.zero_()
+                    if not torch.is_tensor(v):
+                        continue
+                    if p in saved_state:  # a resumed run: its state as loaded
+                        v.copy_(saved_state[p][k])
+                    else:  # a fresh Adam's state is all zeros (step 0 included)
+                        v.zero_()
 
     def run_epoch(self, x_epoch: torch.Tensor, epoch: int, note: str = "") -> torch.Tensor:
         """One pass over the data in a seeded order; the summed terms, shape (3,)."""
