@@ -115,7 +115,9 @@ def test_image_grid_places_images_row_by_row():
     for i in range(3):
         r, c = divmod(i, 2)
         np.testing.assert_allclose(tile(canvas, r, c, 2, 2), images[i].reshape(2, 2).numpy())
-    np.testing.assert_allclose(tile(canvas, 1, 1, 2, 2), 1.0)  # the empty slot stays white
+    np.testing.assert_allclose(tile(canvas, 1, 1, 2, 2), 0.0)  # the empty slot is background
+    np.testing.assert_allclose(canvas[2, :], 0.0)  # the separator row
+    np.testing.assert_allclose(canvas[:, 2], 0.0)  # the separator column
 
 
 def test_learning_curves_plot_train_and_test_columns():
@@ -129,3 +131,53 @@ def test_learning_curves_plot_train_and_test_columns():
         assert list(lines) == ["train", "test"]
         np.testing.assert_allclose(lines["train"], [r[f"train_{key}"] for r in records])
         np.testing.assert_allclose(lines["test"], [r[f"test_{key}"] for r in records])
+
+
+def rendered(fig):
+    """The figure as drawn by Agg: an (H, W, 3) uint8 array."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def test_image_grid_separators_are_drawn_in_the_background_colour():
+    # two black 2x2 digits side by side: the mosaic is 2 x 5 pixels, its middle column the gap;
+    # an axes that fills the figure and 20 screen pixels per mosaic pixel make each one a block
+    fig = plt.figure(figsize=(1.0, 0.4), dpi=100, facecolor="white")
+    ax = fig.add_axes([0, 0, 1, 1])
+    plots.image_grid(torch.ones(2, 4), (2, 2), n_cols=2, ax=ax)
+    pixels = rendered(fig)
+    assert pixels.shape == (40, 100, 3)
+    white, black = np.array([255, 255, 255]), np.array([0, 0, 0])
+    # inner parts of each block, away from the block edges' resampling
+    assert (pixels[5:35, 5:35] == black).all() and (pixels[5:35, 65:95] == black).all()
+    gap = pixels[5:35, 45:55]
+    assert (gap == white).all(), "the separator between two digits must be background (white)"
+    # the colour map draws a digit's background (0) white, the same as the separator
+    background = plots.image_grid(torch.zeros(2, 4), (2, 2), n_cols=2, ax=ax)
+    assert (rendered(fig) == white).all() and background is ax
+
+
+def test_image_grid_background_can_be_chosen():
+    ax = plots.image_grid(torch.zeros(3, 4), (2, 2), n_cols=2, background=0.5)
+    canvas = ax.images[0].get_array()
+    np.testing.assert_allclose(canvas[2, :], 0.5)
+    np.testing.assert_allclose(tile(canvas, 1, 1, 2, 2), 0.5)
+    np.testing.assert_allclose(tile(canvas, 0, 0, 2, 2), 0.0)
+
+
+def test_book_style_sets_the_figure_resolution_and_font_sizes():
+    import matplotlib as mpl
+
+    with mpl.rc_context():
+        mpl.rcdefaults()
+        assert mpl.rcParams["figure.dpi"] == 100  # matplotlib's default, before
+        values = plots.book_style()
+        assert values == plots.BOOK_STYLE
+        assert mpl.rcParams["figure.dpi"] == 150 and mpl.rcParams["savefig.dpi"] == 150
+        assert mpl.rcParams["font.size"] == 11 and mpl.rcParams["axes.labelsize"] == 11
+        assert mpl.rcParams["legend.fontsize"] == 10
+        fig = plt.figure()
+        assert fig.dpi == 150
+        # a figure of the default size is at least 900 pixels wide: the content column
+        width, _ = fig.get_size_inches() * fig.dpi
+        assert width >= 900

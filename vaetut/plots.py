@@ -1,22 +1,86 @@
 """Figures the chapters share. Each function draws on a given Axes (or makes one) and
-returns it, so a notebook cell stays one line of plotting."""
+returns it, so a notebook cell stays one line of plotting. `book_style()` sets the one
+figure style of the book (resolution and font sizes for the HTML page)."""
 from __future__ import annotations
 
 from typing import Sequence
 
+import matplotlib as mpl
 import matplotlib.pyplot as plt
 import torch
 
 from .train import History
 
+# The book's figure style (see `book_style`). At 150 dpi a figure 6 inches wide is 900
+# pixels, about the width of the book's content column, so it is shown at its own size
+# (not enlarged and blurred); fonts of 11 points are then about 23 pixels high on the page.
+BOOK_STYLE = {
+    "figure.dpi": 150,          # the inline backend renders at the figure's dpi
+    "savefig.dpi": 150,         # fig.savefig(...) without a dpi
+    "figure.figsize": (6.4, 4.0),
+    "font.size": 11,
+    "axes.titlesize": 12,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+    "legend.title_fontsize": 10,
+    "figure.titlesize": 12,
+    "lines.linewidth": 1.8,
+    "axes.grid": False,
+}
+
+
+def book_style() -> dict:
+    """Apply the book's figure style to matplotlib's rcParams and return the values set.
+
+    Call it once at the top of a notebook (``vaetut.plots.book_style()``): every figure
+    after it is rendered at 150 dpi with fonts sized to be read at the page's width.
+    Use ``with matplotlib.rc_context(vaetut.plots.BOOK_STYLE):`` to apply it to a block
+    only.
+
+    Returns
+    -------
+    dict
+        The rcParams names and the values set (a copy of `BOOK_STYLE`).
+    """
+    mpl.rcParams.update(BOOK_STYLE)
+    return dict(BOOK_STYLE)
+
 
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], n_cols: int = 10,
-               ax: plt.Axes | None = None, title: str | None = None) -> plt.Axes:
-    """Draw flattened images (N, H*W) in [0, 1] as one grey-scale mosaic, n_cols wide."""
+               ax: plt.Axes | None = None, title: str | None = None,
+               background: float = 0.0) -> plt.Axes:
+    """Draw flattened images in [0, 1] as one grey-scale mosaic, `n_cols` wide.
+
+    Pixel value 0 is drawn white and 1 black (colour map ``gray_r``). The images are
+    separated by one pixel of `background`, as are the empty slots of the last row, so
+    the gaps read as the digits' own background, not as bars.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        Shape (N, H*W), values in [0, 1].
+    image_shape : sequence of int
+        (H, W) of one image.
+    n_cols : int
+        Images per row.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; by default the current Axes.
+    title : str, optional
+        Title above the mosaic.
+    background : float
+        Value of the separators and empty slots (default 0, white like the digits' background).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The Axes drawn on; ``ax.images[0].get_array()`` is the mosaic.
+    """
     images = images.detach().float().cpu().reshape(-1, *image_shape)
     n, (h, w) = len(images), image_shape
     n_rows = -(-n // n_cols)
-    canvas = torch.ones(n_rows * (h + 1) - 1, n_cols * (w + 1) - 1)
+    canvas = torch.full((n_rows * (h + 1) - 1, n_cols * (w + 1) - 1), float(background))
     for i, img in enumerate(images):
         r, c = divmod(i, n_cols)
         canvas[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img
