@@ -181,3 +181,21 @@ def test_book_style_sets_the_figure_resolution_and_font_sizes():
         # a figure of the default size is at least 900 pixels wide: the content column
         width, _ = fig.get_size_inches() * fig.dpi
         assert width >= 900
+
+
+def test_image_rows_titles_clear_the_row_above():
+    x = torch.rand(10, 64)
+    fig = plots.image_rows({"test images": x, "reconstructions": x,
+                            "samples from the prior": x[:7]}, (8, 8), n_cols=10)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["test images", "reconstructions",
+                                               "samples from the prior"]
+    for above, below in zip(axes, axes[1:]):
+        title = below.title.get_window_extent(renderer)
+        picture = above.images[0].get_window_extent(renderer)
+        assert title.y1 < picture.y0, "a row's title overlaps the mosaic above it"
+    for ax in axes:  # each title sits above its own mosaic, within the figure
+        assert ax.title.get_window_extent(renderer).y0 >= ax.images[0].get_window_extent(renderer).y1
+        assert ax.title.get_window_extent(renderer).y1 <= fig.bbox.y1

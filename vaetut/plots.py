@@ -92,6 +92,43 @@ def image_grid(images: torch.Tensor, image_shape: Sequence[int], n_cols: int = 1
     return ax
 
 
+def image_rows(rows: dict[str, torch.Tensor], image_shape: Sequence[int], n_cols: int = 10,
+               width: float = 6.0) -> plt.Figure:
+    """One titled mosaic per entry of `rows` (title -> images), stacked in one figure.
+
+    Each row's height is chosen from its mosaic's aspect ratio plus room for its title,
+    and the figure uses the constrained layout, so a title never touches the row above.
+
+    Parameters
+    ----------
+    rows : dict of str to torch.Tensor
+        Title of each row and its flattened images (N, H*W) in [0, 1], top to bottom.
+    image_shape : sequence of int
+        (H, W) of one image.
+    n_cols : int
+        Images per mosaic row.
+    width : float
+        Figure width in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure; its Axes are ``fig.axes``, in the order of `rows`.
+    """
+    h, w = image_shape
+    heights = []
+    for images in rows.values():
+        n_rows = -(-len(images.reshape(-1, h * w)) // n_cols)
+        heights.append((n_rows * (h + 1) - 1) / (n_cols * (w + 1) - 1))
+    title_in = 0.35  # a title of the book's font size, with its padding
+    fig = plt.figure(figsize=(width, sum(width * r + title_in for r in heights)),
+                     layout="constrained")
+    axes = fig.subplots(len(rows), 1, squeeze=False, height_ratios=heights)[:, 0]
+    for ax, (title, images) in zip(axes, rows.items()):
+        image_grid(images, image_shape, n_cols=n_cols, ax=ax, title=title)
+    return fig
+
+
 def learning_curves(history: History, axes: Sequence[plt.Axes] | None = None) -> Sequence[plt.Axes]:
     """Three panels over epochs: ELBO, reconstruction term, KL to the prior (train and test)."""
     if axes is None:
