@@ -2,15 +2,23 @@
 from __future__ import annotations
 
 import collections
-import glob
+import io
+import math
 import os
 import pickle
+import re
 import secrets
-from typing import Any
+import socket
+import stat
+import sys
+import tempfile
+import zipfile
+from typing import Any, Callable
 
+import filelock
 import torch
 
-from .model import VAE
+from .model import VAE, _check_dims, check_min_log_var
 
 FORMAT_VERSION = 1
 # what torch.load(weights_only=True) reads back (tensors, plain data and a few torch types)
@@ -18,6 +26,8 @@ _PLAIN = (type(None), bool, int, float, complex, str, bytes)
 _CONTAINERS = (dict, collections.OrderedDict, list, tuple, set)
 _TORCH = (torch.Size, torch.dtype, torch.device)
 _RESERVED = ("format_version", "config", "model")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CONFIG_KEYS = ("x_dim", "z_dim", "hidden", "likelihood")
 
 
 def _check_loadable(value: Any, where: str) -> None:
@@ -48,37 +58,175 @@ def _temp_prefix(path: str) -> str:
     return f".{os.path.basename(path)}."
 
 
+def _temp_pattern(path: str) -> re.Pattern:
+    """The exact names the writer gives the temporaries of `path`: .NAME.PID.HEX8.tmp."""
+    return re.compile(re.escape(_temp_prefix(path)) + r"(\d+)\.[0-9a-f]{8}\.tmp")
+
+
 def _remove_stale_temporaries(path: str) -> None:
     """Remove the temporaries of `path` left by saves killed mid-write: those whose
-    writing process (the pid in the name) no longer runs on this machine."""
-    folder, prefix = os.path.dirname(path), _temp_prefix(path)
-    for tmp in glob.glob(os.path.join(glob.escape(folder), glob.escape(prefix) + "*.tmp")):
-        pid = os.path.basename(tmp)[len(prefix):].split(".")[0]
-        if not pid.isdigit():
+    writing process (the pid in the name) no longer runs on this machine. Only names of
+    exactly the form the writer makes (.NAME.PID.HEX8.tmp) are considered, so the
+    temporaries of a sibling such as NAME.54321 are never touched."""
+    folder, pattern = os.path.dirname(path) or ".", _temp_pattern(path)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match is None:
             continue
         try:
-            os.kill(int(pid), 0)
+            os.kill(int(match.group(1)), 0)
             continue  # that process still runs (PermissionError: as another user): keep
         except PermissionError:
             continue
         except (ProcessLookupError, OverflowError):
             pass  # no such process: the save that wrote this was killed
         try:
-            os.remove(tmp)
+            os.remove(os.path.join(folder, name))
         except OSError:
             pass
 
 
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Write a file at `path` atomically: `write(tmp)` fills a new temporary
+    `.NAME.PID.RANDOM.tmp` in the same folder (created here, exclusively, with mode 0666
+    less the umask), which is flushed to disk and renamed over `path`. A symbolic link
+    planted at `path` is replaced, never written through; a process killed mid-write
+    leaves what `path` held before. The stale temporaries of killed writers are removed."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    target = os.path.join(folder, os.path.basename(path))
+    _remove_stale_temporaries(target)
+    tmp = os.path.join(folder, f"{_temp_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666))
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY | _NOFOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)  # rename(2) replaces a link at target, never its target
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# ----- one writer per checkpoint ----------------------------------------------------------
+class CheckpointLockedError(RuntimeError):
+    """Another process is writing to this checkpoint (it holds the checkpoint's lock)."""
+
+
+def lock_path(path: str | os.PathLike) -> str:
+    """The lock file of checkpoint `path`: `.NAME.lock` beside it."""
+    path = os.path.abspath(os.fspath(path))
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
+
+
+def _describe_holder(fd: int) -> None:
+    """filelock's on_acquired hook: write who holds the lock into the lock file, so that a
+    refused writer can name it."""
+    text = (f"pid {os.getpid()} on {socket.gethostname()}: "
+            + " ".join(sys.argv)[:300] + "\n").encode("utf-8", "replace")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, text, 0)
+
+
+def checkpoint_lock(path: str | os.PathLike) -> filelock.FileLock:
+    """The lock that makes a process the only writer of checkpoint `path`: an advisory
+    flock(2) on `.NAME.lock` beside it, through the `filelock` library. The lock is
+    re-entrant within a process (the command line holds it for the whole run, fit again
+    inside), released when the process ends however it ends, and left as a file in place
+    (unlinking a lock file breaks the exclusion for processes that opened it).
+
+    `acquire_checkpoint_lock` takes it without waiting."""
+    return filelock.FileLock(lock_path(path), timeout=0, is_singleton=True,
+                             on_acquired=_describe_holder)
+
+
+def acquire_checkpoint_lock(path: str | os.PathLike) -> filelock.FileLock:
+    """Take `checkpoint_lock(path)` at once, or raise CheckpointLockedError naming the
+    process that holds it."""
+    lock = checkpoint_lock(path)
+    os.makedirs(os.path.dirname(lock.lock_file), exist_ok=True)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        try:
+            with open(lock.lock_file, encoding="utf-8", errors="replace") as f:
+                holder = f.read(400).strip()
+        except OSError:
+            holder = ""
+        raise CheckpointLockedError(
+            f"{os.fspath(path)!r} is being written by another run"
+            + (f" ({holder})" if holder else "") + f", which holds its lock {lock.lock_file!r}; "
+            "two runs writing one checkpoint would overwrite each other. Wait for that run "
+            "to end, or give this one another checkpoint path (command line: --out)") from None
+    return lock
+
+
+def check_checkpoint_path(path: str | os.PathLike, name: str = "checkpoint") -> None:
+    """ValueError naming `name` unless a checkpoint can be written at `path`: not a folder,
+    a symbolic link or another non-regular file, in a folder that exists or can be made
+    and in which a file can be created. Checked before training, not after an epoch."""
+    path = os.fspath(path)
+    if not path or path.endswith(os.sep):
+        raise ValueError(f"{name} must name a file, got {path!r}")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as err:
+        raise ValueError(f"{name} {path!r} cannot be used: {err.strerror or err}") from err
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            raise ValueError(
+                f"{name} {path!r} is a symbolic link (to {os.readlink(path)!r}); checkpoints are "
+                "written by replacing the file, which would replace the link and leave its "
+                "target behind, so a link is refused: pass the target's path itself")
+        if stat.S_ISDIR(st.st_mode):
+            raise ValueError(f"{name} {path!r} is a folder; name a file in it, e.g. "
+                             f"{os.path.join(path, 'checkpoint.pt')!r}")
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{name} {path!r} is {_file_kind(st.st_mode)}, not a regular "
+                             "file; name a file (it is created if missing)")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"{name} {path!r}: no file can be created in {folder!r} "
+                         f"({err.strerror or err})") from err
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
 def save_checkpoint(path: str | os.PathLike, model: VAE, **state: Any) -> None:
     """Write the model's config and weights, plus any `state` (optimizer and generator
-    states, history, epoch), to `path` atomically.
+    states, history, epoch), to `path` atomically (see `atomic_write`).
 
     The file is written to a temporary file `.NAME.PID.RANDOM.tmp` in the same folder and
     renamed over `path`, so a process killed mid-write leaves the previous checkpoint
-    intact; the temporaries such kills leave are removed by the next save to `path`. The
-    file gets the usual mode (0666 less the umask). `state` may hold tensors and plain
-    Python data only (what load_checkpoint reads back); anything else is a ValueError,
-    raised before anything is written.
+    intact; the temporaries such kills leave are removed by the next save to `path`. A
+    symbolic link at `path` is replaced by the file, never written through. The file gets
+    the usual mode (0666 less the umask). `state` may hold tensors and plain Python data
+    only (what load_checkpoint reads back); anything else is a ValueError, raised before
+    anything is written.
     """
     if not isinstance(model, VAE):
         raise ValueError(f"model must be a vaetut.VAE, got {type(model).__name__}")
@@ -88,24 +236,142 @@ def save_checkpoint(path: str | os.PathLike, model: VAE, **state: Any) -> None:
                          "itself from the model")
     for key, value in state.items():
         _check_loadable(value, f"state[{key!r}]")
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     payload = {"format_version": FORMAT_VERSION, "config": dict(model.config),
                "model": model.state_dict(), **state}
-    _remove_stale_temporaries(os.path.join(folder, os.path.basename(path)))
-    tmp = os.path.join(folder, f"{_temp_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def _map_location(map_location: Any) -> torch.device:
+    """map_location as a device this machine has, or a ValueError saying why not."""
+    if not isinstance(map_location, (str, torch.device)):
+        raise ValueError(f"map_location must be a device name such as 'cpu' or 'cuda:0', or a "
+                         f"torch.device, got {map_location!r}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        device = torch.device(map_location)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"map_location={map_location!r} is not a device name (use 'cpu', "
+                         "'cuda', 'cuda:N' or 'mps')") from err
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"map_location={map_location!r}, but CUDA is not available on this "
+                             "machine; use map_location='cpu'")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"map_location={map_location!r}, but this machine has {count} CUDA "
+                             f"device(s) (cuda:0 to cuda:{count - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"map_location={map_location!r}, but MPS is not available here; use "
+                         "map_location='cpu'")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"map_location={map_location!r}: vaetut loads onto cpu, cuda or mps")
+    return device
+
+
+def _read_file(path: str) -> bytes:
+    """The bytes of the regular file at `path` (a link is followed for reading), with a
+    ValueError or an OSError that says what is wrong with it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint at {os.path.abspath(path)!r}") from None
+    except OSError as err:
+        raise type(err)(err.errno, f"cannot reach the checkpoint ({err.strerror})", path) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{path!r} is a folder, not a checkpoint file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path!r} is {_file_kind(st.st_mode)}, not a checkpoint file")
+    if st.st_size == 0:
+        raise ValueError(f"{path!r} is empty (0 bytes): not a checkpoint")
+    try:  # O_NONBLOCK: a FIFO swapped in after the stat does not block the open
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        raise type(err)(err.errno, f"cannot read the checkpoint ({err.strerror})", path) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path!r} is not a regular file: not a checkpoint file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError as err:
+        raise type(err)(err.errno, f"cannot read the checkpoint ({err.strerror})", path) from None
+    finally:
+        os.close(fd)
+
+
+def _check_archive(path: str, data: bytes) -> None:
+    """ValueError unless `data` is a zip archive as torch.save writes it: every record
+    stored uncompressed, their sizes adding up to no more than the file, and every
+    record's CRC-32 right (a flipped byte anywhere in a tensor is found here)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        records = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as err:
+        raise ValueError(f"{path!r} is not a readable checkpoint (truncated, damaged or not "
+                         f"written by torch.save: {err})") from err
+    total = 0
+    for record in records:
+        if record.compress_type != zipfile.ZIP_STORED:
+            raise ValueError(
+                f"{path!r}: its record {record.filename!r} is compressed (zip method "
+                f"{record.compress_type}); torch.save stores records uncompressed, and a "
+                "compressed record can expand far beyond the file's size, so it is not loaded")
+        total += record.file_size
+    if total > len(data):
+        raise ValueError(f"{path!r}: its records claim {total} bytes, more than the file's "
+                         f"{len(data)}: damaged or crafted, not loaded")
+    try:
+        bad = archive.testzip()
+    except Exception as err:  # zipfile fails in several ways on a damaged header
+        raise ValueError(f"{path!r} is damaged: {type(err).__name__}: {err}") from err
+    if bad is not None:
+        raise ValueError(f"{path!r} is damaged: its record {bad!r} fails its CRC-32 check "
+                         "(bytes changed after it was written); it is not loaded")
+
+
+def check_config(config: Any, where: str) -> dict:
+    """The model config `config` (from a checkpoint) as VAE's keyword arguments, or a
+    ValueError naming `where` saying what is wrong with it."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: its model config is a {type(config).__name__}, not a dict")
+    missing = [k for k in _CONFIG_KEYS if k not in config]
+    unknown = [k for k in config if k not in (*_CONFIG_KEYS, "min_log_var")]
+    if missing or unknown:
+        raise ValueError(f"{where}: its model config {config!r} does not describe a VAE ("
+                         + ", ".join([f"missing {k!r}" for k in missing]
+                                     + [f"unknown key {k!r}" for k in unknown]) + ")")
+    kwargs = dict(config)
+    if isinstance(kwargs["hidden"], list):
+        kwargs["hidden"] = tuple(kwargs["hidden"])
+    try:
+        _check_dims(kwargs["x_dim"], kwargs["z_dim"], kwargs["hidden"], kwargs["likelihood"])
+        check_min_log_var(kwargs.get("min_log_var"))
+    except ValueError as err:
+        raise ValueError(f"{where}: its model config {config!r} does not describe a VAE "
+                         f"({err})") from err
+    return kwargs
+
+
+def _check_weight_shapes(path: str, kwargs: dict, weights: Any, size: int) -> None:
+    """ValueError unless `weights` holds exactly the tensors, of exactly the shapes, that
+    the config describes; checked on the meta device, before any memory is allocated for
+    a model, so a config asking for a huge model costs nothing."""
+    if not isinstance(weights, dict):
+        raise ValueError(f"{path!r}: its 'model' holds a {type(weights).__name__}, not the "
+                         "model's weights (a state dict)")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in VAE(**kwargs).state_dict().items()}
+    found = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+             for k, v in weights.items()}
+    if found != expected:
+        wrong = [f"{k}: {found.get(k, 'missing')} stored, {shape} expected"
+                 for k, shape in expected.items() if found.get(k) != shape]
+        wrong += [f"{k}: not a weight of this model" for k in found if k not in expected]
+        raise ValueError(f"{path!r}: its weights do not fit the model its config describes "
+                         f"({kwargs}): " + "; ".join(wrong[:4])
+                         + (f"; and {len(wrong) - 4} more" if len(wrong) > 4 else ""))
+    floats = sum(math.prod(shape) for shape in expected.values())
+    if floats > size:  # at least one byte per number: the file cannot hold this model
+        raise ValueError(f"{path!r}: its config describes {floats} weights, more than its "
+                         f"{size} bytes can hold")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
@@ -113,19 +379,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """The model rebuilt from its stored config with its weights (in the dtype they were
     saved in), and the whole payload.
 
-    Uses torch.load(weights_only=True): a checkpoint holds tensors and plain data only.
-    A file that is not a checkpoint written by save_checkpoint (empty, truncated,
-    foreign, or missing the config or the weights) is a ValueError naming the file.
+    Before anything is unpickled, the file is checked as an archive: a regular file (a
+    link is followed), every record stored uncompressed and its CRC-32 right, so a
+    damaged byte is found. It is read with torch.load(weights_only=True): a checkpoint
+    holds tensors and plain data only. The config is then checked against the shapes of
+    the stored weights before a model is built, so a crafted config cannot make it
+    allocate more than the file holds. A file that is not a checkpoint written by
+    save_checkpoint (empty, truncated, damaged, foreign, or missing the config or the
+    weights) is a ValueError naming the file; one that cannot be read, an OSError.
     """
     path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ValueError(f"{path!r} is a folder, not a checkpoint file")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {os.path.abspath(path)!r}")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"{path!r} is empty (0 bytes): not a checkpoint")
+    device = _map_location(map_location)
+    data = _read_file(path)
+    _check_archive(path, data)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(
             f"{path!r} holds objects other than tensors and plain data, so it was not "
@@ -144,17 +412,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if key not in payload:
             raise ValueError(f"{path!r} lacks {key!r}: it is not a complete vaetut checkpoint")
     config, weights = payload["config"], payload["model"]
-    try:
-        model = VAE(config["x_dim"], config["z_dim"], tuple(config["hidden"]),
-                    config["likelihood"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path!r}: its model config {config!r} does not describe a VAE "
-                         f"({type(err).__name__}: {err})") from err
-    if not isinstance(weights, dict):
-        raise ValueError(f"{path!r}: its 'model' holds a {type(weights).__name__}, not the "
-                         "model's weights (a state dict)")
-    dtypes = {t.dtype for t in weights.values()
-              if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    kwargs = check_config(config, repr(path))
+    _check_weight_shapes(path, kwargs, weights, len(data))
+    model = VAE(**kwargs)
+    dtypes = {t.dtype for t in weights.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         model.to(dtypes.pop())  # load_state_dict would cast the weights to float32
     try:

@@ -5,6 +5,8 @@ decoder are separate modules so that the book can ask which of them a gradient r
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Sequence
 
 import torch
@@ -29,6 +31,17 @@ def _check_dims(x_dim, z_dim, hidden, likelihood=None) -> tuple[int, ...]:
     if likelihood is not None and likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
     return hidden
+
+
+def check_min_log_var(value, name: str = "min_log_var") -> None:
+    """Raise ValueError naming `name` unless value is None or a finite real number."""
+    if value is None:
+        return
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value):
+        raise ValueError(f"{name} must be None or a finite float, got {value!r}")
 
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -98,17 +111,33 @@ class VAE(nn.Module):
         z_dim: dimension of the latent z.
         hidden: widths of the encoder's hidden layers; the decoder mirrors them.
         likelihood: "bernoulli" (binary or [0, 1] pixels) or "gaussian".
+        min_log_var: the Gaussian decoder's variance floor (see `Decoder`); None: none.
+
+    `config` holds all of these: `VAE(**model.config)` builds the same architecture.
     """
 
     def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (128,),
-                 likelihood: str = "bernoulli"):
+                 likelihood: str = "bernoulli", min_log_var: float | None = None):
         super().__init__()
         hidden = _check_dims(x_dim, z_dim, hidden, likelihood)
-        self.config = {"x_dim": x_dim, "z_dim": z_dim, "hidden": list(hidden),
-                       "likelihood": likelihood}
+        check_min_log_var(min_log_var)
+        self._hidden = list(hidden)
         self.x_dim, self.z_dim, self.likelihood = x_dim, z_dim, likelihood
         self.encoder = Encoder(x_dim, z_dim, hidden)
-        self.decoder = Decoder(z_dim, x_dim, hidden, likelihood)
+        self.decoder = Decoder(z_dim, x_dim, hidden, likelihood, min_log_var)
+
+    @property
+    def config(self) -> dict:
+        """Everything that defines the model: what `VAE(**config)` rebuilds, and what a
+        checkpoint stores. `min_log_var` (the Gaussian decoder's variance floor, read from
+        `decoder.min_log_var`, which may be set after construction) appears only when set."""
+        config = {"x_dim": self.x_dim, "z_dim": self.z_dim, "hidden": list(self._hidden),
+                  "likelihood": self.likelihood}
+        floor = self.decoder.min_log_var
+        if floor is not None:
+            check_min_log_var(floor, "decoder.min_log_var")
+            config["min_log_var"] = float(floor)
+        return config
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder's q_mean and q_log_var for a batch x of shape (B, x_dim)."""
