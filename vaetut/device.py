@@ -10,6 +10,15 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     "auto" picks CUDA if available, then Apple's MPS, then the CPU. An explicit device
     ("cpu", "cuda", "cuda:1", "mps", or a torch.device) is returned as it is if it can
     be used here, and rejected with a ValueError naming `device` if not.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        "auto", or the device wanted.
+
+    Returns
+    -------
+    torch.device
     """
     if isinstance(device, str) and device == "auto":
         if torch.cuda.is_available():

@@ -148,7 +148,8 @@ class LinearGaussian:
 
         With S the sample covariance of x (divided by N - ddof; ddof=0 is the ML
         estimate, ddof=1 what scikit-learn's PCA uses), eigenvalues lambda_1 >= ... >=
-        lambda_D and eigenvectors U:
+        lambda_D and eigenvectors U::
+
             b = mean of x,   noise_var = mean(lambda_{K+1}, ..., lambda_D),
             W = U_K (Lambda_K - noise_var I)^{1/2}   (up to a rotation of z).
         """
@@ -240,11 +241,12 @@ class LinearGaussian:
 
     # ----- the ELBO and the gap -------------------------------------------------------
     def elbo_terms(self, x, q_mean, q_cov) -> ELBOTerms:
-        """The exact ELBO of q(z|x) = N(q_mean, q_cov) and its two terms (eq-elbo-practical):
+        """The exact ELBO of q(z|x) = N(q_mean, q_cov) and its two terms (eq-elbo-practical)::
 
-        E_q[log p(x|z)] = -1/2 [D log(2 pi noise_var)
-                                + (|x - W m - b|^2 + tr(W^T W S)) / noise_var]
-        KL(q || p(z))   =  1/2 [tr(S) + m^T m - K - log det S]
+            E_q[log p(x|z)] = -1/2 [D log(2 pi noise_var)
+                                    + (|x - W m - b|^2 + tr(W^T W S)) / noise_var]
+            KL(q || p(z))   =  1/2 [tr(S) + m^T m - K - log det S]
+
         with m = q_mean and S = q_cov."""
         x, m, s, chol_s = self._check_q(x, q_mean, q_cov)
         resid = x - m @ self.W.T - self.b  # (N, D)
@@ -261,10 +263,11 @@ class LinearGaussian:
         return self.elbo_terms(x, q_mean, q_cov).elbo
 
     def kl_to_posterior(self, x, q_mean, q_cov) -> torch.Tensor:
-        """KL(q(z|x) || p(z|x)) for q = N(m, S) and p(z|x) = N(mu, Sigma), per example:
+        """KL(q(z|x) || p(z|x)) for q = N(m, S) and p(z|x) = N(mu, Sigma), per example::
 
-        1/2 [tr(Sigma^{-1} S) + (mu - m)^T Sigma^{-1} (mu - m) - K
-             + log det Sigma - log det S],
+            1/2 [tr(Sigma^{-1} S) + (mu - m)^T Sigma^{-1} (mu - m) - K
+                 + log det Sigma - log det S],
+
         with Sigma^{-1} = M / noise_var and log det Sigma = K log noise_var - log det M."""
         x, m, s, chol_s = self._check_q(x, q_mean, q_cov)
         chol_m = self._posterior_precision_factor()

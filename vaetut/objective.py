@@ -34,10 +34,25 @@ def reparameterize(q_mean: torch.Tensor, q_log_var: torch.Tensor, n_samples: int
                    eps: torch.Tensor | None = None) -> torch.Tensor:
     """z = q_mean + sigma * eps with eps ~ N(0, I) and sigma = exp(q_log_var / 2).
 
-    Returns (n_samples, *q_mean.shape). The randomness sits in eps alone, so z is a
-    differentiable function of the encoder's outputs (the reparameterization trick).
-    `eps` may be given, already drawn, with that shape (data-parallel training draws the
-    noise of a whole batch once and gives each process its slice).
+    The randomness sits in eps alone, so z is a differentiable function of the encoder's
+    outputs (the reparameterization trick).
+
+    Parameters
+    ----------
+    q_mean, q_log_var : torch.Tensor
+        The encoder's mean and log-variance of q(z|x), shape (B, z_dim) each.
+    n_samples : int
+        Draws per example.
+    generator : torch.Generator, optional
+        Source of the noise (the global one if None).
+    eps : torch.Tensor, optional
+        Noise already drawn, shape (n_samples, B, z_dim), used instead of drawing
+        (data-parallel training draws a whole batch's noise once and slices it).
+
+    Returns
+    -------
+    torch.Tensor
+        z, shape (n_samples, B, z_dim).
     """
     if eps is None:
         eps = torch.randn((n_samples, *q_mean.shape), dtype=q_mean.dtype, device=q_mean.device,
@@ -52,12 +67,37 @@ def kl_to_prior(q_mean: torch.Tensor, q_log_var: torch.Tensor) -> torch.Tensor:
 
     0.5 * sum_j (sigma_j^2 + mu_j^2 - 1 - log sigma_j^2): Kingma and Welling (2013),
     appendix B.
+
+    Parameters
+    ----------
+    q_mean, q_log_var : torch.Tensor
+        Mean and log-variance of q(z|x), shape (..., z_dim) each.
+
+    Returns
+    -------
+    torch.Tensor
+        The KL of each example in nats, shape (...,).
     """
     return 0.5 * (q_log_var.exp() + q_mean.pow(2) - 1.0 - q_log_var).sum(-1)
 
 
 def log_px_given_z(model: VAE, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """log p_theta(x|z) summed over pixels; z may carry leading sample dimensions."""
+    """log p_theta(x|z) summed over pixels.
+
+    Parameters
+    ----------
+    model : VAE
+        Its decoder and likelihood ("bernoulli" or "gaussian") score x.
+    x : torch.Tensor
+        The data, shape (B, x_dim).
+    z : torch.Tensor
+        Latent values, shape (..., B, z_dim): leading sample dimensions are allowed.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape (..., B), in nats.
+    """
     params = model.decoder(z)  # (..., B, x_dim)
     if model.likelihood == "bernoulli":
         return -F.binary_cross_entropy_with_logits(
@@ -112,7 +152,26 @@ def elbo(model: VAE, x: torch.Tensor, n_samples: int = 1,
 
     log_px_given_z is the Monte Carlo estimate (1/S) sum_s log p(x|z_s), z_s ~ q(z|x),
     from S = n_samples reparameterized draws; kl_to_prior is exact (closed form).
-    `eps`, if given, is the standard normal noise of shape (S, B, z_dim) to use.
+
+    Parameters
+    ----------
+    model : VAE
+        The encoder q(z|x) and decoder p(x|z).
+    x : torch.Tensor
+        The data, shape (B, x_dim), of the model's dtype.
+    n_samples : int
+        S, the draws z_s per example.
+    generator : torch.Generator, optional
+        Source of the noise (the global one if None).
+    validate : bool
+        Check x and n_samples first (a ValueError names what is wrong).
+    eps : torch.Tensor, optional
+        Standard normal noise of shape (S, B, z_dim) to use instead of drawing it.
+
+    Returns
+    -------
+    ELBO
+        Named tuple (elbo, log_px_given_z, kl_to_prior), each of shape (B,), in nats.
     """
     if validate:
         check_input(model, x)
@@ -136,6 +195,26 @@ def iwae_bound(model: VAE, x: torch.Tensor, k: int, chunk_size: int | None = Non
     (with gradients on, each chunk's graph is kept for backward, and memory grows with k
     after all). IWAE_1 is an ELBO estimate and IWAE_k
     rises towards log p(x) as k grows (Burda, Grosse and Salakhutdinov 2015).
+
+    Parameters
+    ----------
+    model : VAE
+        The encoder (the proposal q) and decoder.
+    x : torch.Tensor
+        The data, shape (B, x_dim).
+    k : int
+        Importance samples per example.
+    chunk_size : int, optional
+        Samples drawn at once (default: from `max_elements`).
+    generator : torch.Generator, optional
+        Source of the noise (the global one if None).
+    max_elements : int
+        Bound on one chunk's decoder output (chunk_size * B * x_dim numbers).
+
+    Returns
+    -------
+    torch.Tensor
+        IWAE_k of each example, shape (B,), in nats.
     """
     check_input(model, x)
     check_count("k", k)

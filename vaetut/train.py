@@ -136,63 +136,69 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
         dist_timeout_s: float = 120.0) -> History:
     """Train `model` by gradient ascent on the mean ELBO of mini-batches; return a History.
 
-    The data are moved to the device once and batched by indexing a seeded permutation;
-    one torch.Generator (seeded by `seed`) drives the permutation, the reparameterization
-    noise and any stochastic binarization, so the same seed gives the same run. The loss
-    differentiated is -mean over the batch of `objective(model, x, n_samples, generator)`.
+    The loss differentiated is minus the batch mean of `objective(model, x, n_samples,
+    generator)`. The data are moved to the device once and batched by a seeded
+    permutation; one torch.Generator seeded by `seed` drives the permutation, the noise
+    and any stochastic binarization, so the same seed gives the same run. The README
+    ("Checkpoints and resuming", "fit's fast paths") says what each option guarantees.
 
-    With `checkpoint`, the model, optimizer, generator and history are saved atomically
-    after every epoch, with what defines the run (lr, seed, batch_size, n_samples, the
-    objective's name, stochastic_binarization and a hash of the train and test data);
-    with `resume`, an existing checkpoint there is continued from, and the result equals
-    that of an uninterrupted run. A checkpoint of another run (any of those differ, or
-    another model or dtype), one without training state, or one holding more epochs than
-    `epochs` is refused with a ValueError; `epochs` equal to the checkpoint's returns it
-    as it is. A NaN or infinite loss raises NonFiniteLossError naming the epoch and step,
-    before that step changes the weights; a non-finite epoch metric (train or test) or
-    weight raises it too, before anything of that epoch is recorded, saved or passed to
-    `on_epoch_end`.
+    Parameters
+    ----------
+    model : VAE
+        The model to train, in place (moved to the device).
+    train : torch.Tensor
+        Training data, shape (N, x_dim), of the model's dtype.
+    test : torch.Tensor, optional
+        Data evaluated after every epoch (the test_* columns of the history).
+    epochs : int
+        Total epochs; a resumed run trains only those the checkpoint lacks.
+    batch_size : int
+        Examples per step.
+    lr : float
+        Adam's learning rate.
+    device : str or torch.device
+        "auto" (CUDA, then MPS, then CPU), or a device; see `pick_device`.
+    seed : int
+        Seed of the run's generator.
+    n_samples : int
+        Draws z ~ q(z|x) per example and step.
+    progress : bool
+        Show a progress bar (tqdm).
+    checkpoint : str or path-like, optional
+        File written atomically after every epoch (model, optimizer, generator, history).
+    resume : bool
+        Continue from an existing `checkpoint` of the same run (another run is refused).
+    stochastic_binarization : bool
+        Draw fresh binary pixels x ~ Bernoulli(train) every epoch.
+    objective : callable
+        Per-example objective ``objective(model, x, n_samples, generator)``, default `elbo`.
+    on_epoch_end : callable, optional
+        Called as ``on_epoch_end(epoch, model, record)`` after each epoch.
+    cuda_graph : bool or "auto"
+        Replay the whole step as a CUDA graph ("auto": on CUDA when nothing changes it).
+    fused_adam : bool
+        Adam's fused kernel (equal within float rounding).
+    check_every : int
+        Test the loss for NaN/inf every this many steps (results unchanged).
+    compile : bool or str
+        Compile the objective with torch.compile (True or a mode name).
+    distributed : bool, optional
+        Data-parallel over processes (None: when launched by torchrun).
+    dist_timeout_s : float
+        Seconds a process waits for a failed peer before its collective fails.
 
-    How a step is launched (vaetut/steps.py):
+    Returns
+    -------
+    History
+        One record per epoch: train_* (and test_*) means of elbo, log_px_given_z and
+        kl_to_prior, in nats per example.
 
-    - `cuda_graph="auto"` (the default): on CUDA, the whole step (batch gathering,
-      forward, backward, Adam) is captured in a CUDA graph and replayed, one launch per
-      step instead of about ninety, when nothing can change what a step computes between
-      steps: a single process, no `compile` and no `on_epoch_end` (a callback such as KL
-      annealing's may change the objective, and a graph would freeze it). Elsewhere the
-      plain loop runs. `cuda_graph=True` asks for the graph (CUDA only; then the
-      objective's Python-side state is read once, at capture), `False` for the plain
-      loop. On the graph path the same seed gives the same run and a checkpoint resumes
-      it exactly; NaN or infinite losses are tested once per epoch, as with check_every
-      (below), and raise NonFiniteLossError naming the first bad step.
-
-    Fast paths of the plain loop (off by default; each keeps the results of the plain
-    loop, see tests/test_fast_paths.py and benchmarks/README.md):
-
-    - `fused_adam=True`: Adam's fused kernel (one pass over each parameter instead of
-      about ten); equal to the plain loop within float rounding.
-    - `check_every=N` (N > 1): the loss is tested for NaN/inf every N steps and at the
-      end of each epoch instead of at every step, so a GPU run does not wait for the
-      device at each step. Results are bit-identical to N = 1. A NaN or infinite loss
-      still raises NonFiniteLossError naming the epoch and the first bad step, before
-      anything of that epoch is evaluated, recorded, checkpointed or passed to
-      `on_epoch_end`; but the steps up to the check have changed the weights, so the
-      model is not usable afterwards (the checkpoint, if any, holds the last good epoch).
-    - `compile=True` (or a torch.compile mode such as "reduce-overhead"): the objective
-      is compiled with torch.compile (static shapes); equal within float rounding. The
-      first steps pay the compilation (seconds to minutes).
-
-    Data parallelism (`vaetut.distributed`): launched by `torchrun --nproc-per-node N`,
-    or with `distributed=True`, each process joins the group (nccl on CUDA, gloo on CPU),
-    the model is wrapped in DistributedDataParallel, and each process computes its slice
-    of every global batch of `batch_size` (the noise of the whole batch is drawn on every
-    process and sliced, so the run follows the single-process one). Metrics are summed
-    over processes; only rank 0 writes the checkpoint and shows the progress bar. A
-    process that fails makes the others' next collective fail after `dist_timeout_s`
-    seconds at most, instead of hanging. `distributed=False` ignores a torchrun launch.
-    The process group stays up after `fit` returns, so later calls in the same process
-    reuse it (a group torn down and made again on torchrun's store can hang); end it with
-    `vaetut.distributed.leave` or `torch.distributed.destroy_process_group()`.
+    Raises
+    ------
+    ValueError
+        A bad argument or input, or a checkpoint of another run (the message says which).
+    NonFiniteLossError
+        A NaN or infinite loss, metric or weight; nothing of that epoch is recorded or saved.
     """
     _check_fit_arguments(epochs=epochs, batch_size=batch_size, lr=lr, n_samples=n_samples,
                          check_every=check_every, seed=seed, fused_adam=fused_adam,
