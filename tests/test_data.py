@@ -1,4 +1,6 @@
 import gzip
+import os
+import re
 import struct
 
 import numpy as np
@@ -164,3 +166,133 @@ def test_digits_split_never_leaves_a_split_empty(fraction, empty):
         return
     with pytest.raises(ValueError, match=rf"test_fraction=0.9999 leaves 0 {empty} images"):
         load_digits(test_fraction=fraction)
+
+
+# --- read_idx reads by the header (issue 21, item 5) -------------------------------------
+
+def _gz_stream(path, header, zeros_after, chunk=1 << 22):
+    """A .gz of `header` followed by `zeros_after` zero bytes, written without holding them."""
+    import zlib
+    c = zlib.compressobj(1, zlib.DEFLATED, 31)
+    with open(path, "wb") as f:
+        f.write(c.compress(header))
+        block = bytes(chunk)
+        for _ in range(zeros_after // chunk):
+            f.write(c.compress(block))
+        f.write(c.compress(bytes(zeros_after % chunk)))
+        f.write(c.flush())
+
+
+def _idx_header(*shape):
+    return struct.pack(">HBB", 0, 0x08, len(shape)) + struct.pack(f">{len(shape)}I", *shape)
+
+
+def test_a_gz_with_a_valid_header_and_gigabytes_of_zeros_costs_only_what_it_promises(tmp_path):
+    # the issue's file scaled down: a (1000, 28, 28) header (784,000 bytes promised) and
+    # 96 MiB of zeros in a ~100 KB .gz. Reading it whole took 3.2 GB for 1.5 GB of zeros.
+    import time
+    import tracemalloc
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    _gz_stream(path, _idx_header(1000, 28, 28), 96 << 20)
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz: holds more than the "
+                                             r"784000 bytes .*\(1000, 28, 28\).*trailing data"):
+            read_idx(path)
+        seconds = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"peak {peak} bytes for a file promising 784,000"
+    assert seconds < 5
+
+
+def test_a_header_promising_more_than_a_gz_can_hold_is_refused_before_reading(tmp_path):
+    path = tmp_path / "x-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(_idx_header(60000, 28, 28)))  # a few dozen bytes
+    with pytest.raises(ValueError, match=r"x-idx3-ubyte\.gz: header says shape \(60000, 28, 28\) "
+                                         r"\(47040000 bytes\), more than a \d+-byte gzip file"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("shape", [(65536, 65536, 65536, 65536),  # 2**64: wraps to 0 in int64
+                                   (2**32 - 1,) * 3])
+def test_a_header_whose_size_overflows_int64_is_refused_by_name(tmp_path, compress, shape):
+    path = tmp_path / ("huge-idx.gz" if compress else "huge-idx")
+    data = _idx_header(*shape)
+    path.write_bytes(gzip.compress(data) if compress else data)
+    with pytest.raises(ValueError, match=rf"huge-idx.*shape \({shape[0]}, .*overflows int64"):
+        read_idx(path)
+
+
+def test_a_header_beyond_max_bytes_is_refused_by_name(tmp_path):
+    path = tmp_path / "big-idx1-ubyte"
+    path.write_bytes(_idx_header(2**31))  # 2 GiB promised, nothing there
+    with pytest.raises(ValueError, match=r"big-idx1-ubyte.*promises 2147483648 bytes.*max_bytes"):
+        read_idx(path)
+    write_idx(path, np.arange(100), compress=False)
+    assert read_idx(path, max_bytes=100).tolist() == list(range(100))
+    with pytest.raises(ValueError, match=r"promises 100 bytes, more than the 99 .*max_bytes"):
+        read_idx(path, max_bytes=99)
+
+
+@pytest.mark.parametrize("compress, says", [(False, r"header says shape \(3, 2\) \(6 bytes "
+                                                     r"after its 12-byte header\) but holds 7"),
+                                            (True, r"holds more than the 6 bytes")])
+def test_trailing_data_after_the_promised_bytes_is_refused(tmp_path, compress, says):
+    path = tmp_path / ("t-idx2-ubyte" + (".gz" if compress else ""))
+    data = _idx_header(3, 2) + bytes(6) + b"\x07"
+    path.write_bytes(gzip.compress(data) if compress else data)
+    with pytest.raises(ValueError, match=rf"t-idx2-ubyte.*{says}"):
+        read_idx(path)
+
+
+def test_a_short_gz_body_is_named(tmp_path):
+    path = tmp_path / "s-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(_idx_header(10) + bytes(4)))
+    with pytest.raises(ValueError, match=r"s-idx1-ubyte\.gz: header says shape \(10,\) \(10 "
+                                         r"bytes\) but holds 4 bytes"):
+        read_idx(path)
+
+
+def _raises_within(seconds, fn, *args):
+    """Run fn(*args) in a thread; return the exception it raised, failing if it blocks."""
+    import threading
+    box = {}
+
+    def target():
+        try:
+            fn(*args)
+        except BaseException as err:  # noqa: BLE001 (handed to the test)
+            box["err"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return thread, box.get("err")
+
+
+@pytest.mark.parametrize("name", ["t10k-labels-idx1-ubyte", "t10k-labels-idx1-ubyte.gz"])
+def test_a_fifo_in_the_mnist_folder_is_refused_without_blocking(tmp_path, name):
+    make_mnist(tmp_path, compress=False)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    thread, err = _raises_within(10, load_mnist, tmp_path)
+    if thread.is_alive():  # unblock the reader before failing
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("load_mnist blocked on a FIFO")
+    assert isinstance(err, ValueError), err
+    assert re.search(rf"{re.escape(name)}: is a FIFO; an IDX file must be a regular file", str(err))
+
+
+def test_a_directory_in_place_of_an_idx_file_is_named(tmp_path):
+    make_mnist(tmp_path, compress=False)
+    (tmp_path / "train-images-idx3-ubyte").unlink()
+    (tmp_path / "train-images-idx3-ubyte").mkdir()
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte: is a directory"):
+        load_mnist(tmp_path)
