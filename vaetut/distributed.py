@@ -112,3 +112,26 @@ class ObjectiveModule(torch.nn.Module):
 
     def forward(self, x, n_samples, generator, eps):
         return self.objective(self.model, x, n_samples, generator, validate=False, eps=eps)
+
+
+def check_same_run(context: Context, definition: dict) -> None:
+    """Stop every rank, with a ValueError naming what differs, unless all ranks were
+    launched with the same run definition (lr, seed, batch size, objective, a hash of
+    their data, epochs, model, checkpoint...): ranks launched with different settings
+    would otherwise train together on different data and report one result."""
+    if context.world_size == 1:
+        return
+    gathered: list = [None] * context.world_size
+    dist.all_gather_object(gathered, {k: repr(v) for k, v in definition.items()})
+    differences = []
+    for rank, other in enumerate(gathered):
+        if rank == 0 or other == gathered[0]:
+            continue
+        keys = sorted(set(other) | set(gathered[0]), key=str)
+        differences += [f"{k}: {gathered[0].get(k)} on rank 0, {other.get(k)} on rank {rank}"
+                        for k in keys if other.get(k) != gathered[0].get(k)]
+    if differences:
+        raise ValueError("the ranks of this torchrun launch were given different runs ("
+                         + "; ".join(differences[:6])
+                         + (f"; and {len(differences) - 6} more" if len(differences) > 6 else "")
+                         + "): launch every rank with the same arguments and data")

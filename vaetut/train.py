@@ -7,21 +7,24 @@ vaetut/resume.py), the callback.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
+import numbers
 import os
 from typing import Any, Callable
 
 import torch
 from tqdm.std import tqdm  # plain text: no widget needed in notebooks
 
-from .checkpoint import save_checkpoint
+from .checkpoint import acquire_checkpoint_lock, check_checkpoint_path, save_checkpoint
 from .data import binarize_stochastic
 from .device import pick_device
 from . import distributed as dist_utils
 from .model import VAE
 from .objective import ELBO, check_count, check_input, elbo
-from .resume import resume as resume_run, run_definition
+from .resume import object_state, resume as resume_run, run_definition
 from .steps import DataParallelSteps, EagerSteps, GraphedSteps, NonFiniteLossError
 
 METRICS = ("elbo", "log_px_given_z", "kl_to_prior")
@@ -96,6 +99,37 @@ def _check_positive_float(name: str, value: Any) -> None:
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def _holding_checkpoint_lock(fit_function: Callable) -> Callable:
+    """fit, with its checkpoint path checked before anything else happens and, in the
+    process that writes it (rank 0 under torchrun), the checkpoint's lock held for the
+    whole call (vaetut.checkpoint.acquire_checkpoint_lock): a second writer is refused
+    at once instead of overwriting the first."""
+    signature = inspect.signature(fit_function)
+
+    @functools.wraps(fit_function)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        checkpoint, distributed = bound.arguments["checkpoint"], bound.arguments["distributed"]
+        if checkpoint is None:
+            return fit_function(*args, **kwargs)
+        if not isinstance(checkpoint, (str, os.PathLike)):
+            raise ValueError(f"checkpoint must be a path (str or os.PathLike) or None, got "
+                             f"{type(checkpoint).__name__}")
+        check_checkpoint_path(checkpoint)
+        if distributed is None:
+            distributed = dist_utils.launched_by_torchrun()
+        if distributed and dist_utils.env_rank() != 0:  # rank 0 alone writes it
+            return fit_function(*args, **kwargs)
+        lock = acquire_checkpoint_lock(checkpoint)
+        try:
+            return fit_function(*args, **kwargs)
+        finally:
+            lock.release()
+
+    return wrapper
+
+
 def _checkpoint_note(checkpoint: str | os.PathLike | None, saved_epoch: int | None) -> str:
     """The end of a NonFiniteLossError message: what the checkpoint file holds, naming
     only what exists."""
@@ -124,6 +158,7 @@ def _check_finite_epoch(record: dict[str, Any], model: VAE, epoch: int, lr: floa
             "not usable" + note)
 
 
+@_holding_checkpoint_lock
 def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, epochs: int = 10,
         batch_size: int = 128, lr: float = 1e-3, device: str | torch.device = "auto",
         seed: int = 0, n_samples: int = 1, progress: bool = True,
@@ -200,12 +235,11 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
     NonFiniteLossError
         A NaN or infinite loss, metric or weight; nothing of that epoch is recorded or saved.
     """
-    _check_fit_arguments(epochs=epochs, batch_size=batch_size, lr=lr, n_samples=n_samples,
-                         check_every=check_every, seed=seed, fused_adam=fused_adam,
-                         compile=compile, cuda_graph=cuda_graph)
-    check_input(model, train, "train")
-    if test is not None:
-        check_input(model, test, "test")
+    epochs, batch_size, lr, n_samples, check_every, seed = _check_fit_arguments(
+        epochs=epochs, batch_size=batch_size, lr=lr, n_samples=n_samples,
+        check_every=check_every, seed=seed, fused_adam=fused_adam, compile=compile,
+        cuda_graph=cuda_graph)
+    train, test = _check_fit_data(model, train, test, stochastic_binarization)
     dev = pick_device(device)
     if distributed is None:
         distributed = dist_utils.launched_by_torchrun()
@@ -222,13 +256,20 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=fused_adam or None,
                                  capturable=graphed)
     history, start_epoch, saved_epoch, run = History(), 0, None, None
-    if checkpoint is not None:
+    stateful = _stateful_objects(objective, on_epoch_end)
+    if checkpoint is not None or distributed:
         run = run_definition(lr=lr, seed=seed, batch_size=batch_size, n_samples=n_samples,
                              objective=objective, train=train, test=test,
                              stochastic_binarization=stochastic_binarization)
-        if resume and os.path.exists(checkpoint):
-            records, start_epoch = resume_run(checkpoint, model, optimizer, gen, dev, run, epochs)
-            history, saved_epoch = History(records), start_epoch
+    if checkpoint is not None and resume and os.path.lexists(checkpoint):
+        records, start_epoch = resume_run(checkpoint, model, optimizer, gen, dev, run, epochs,
+                                          stateful)
+        history, saved_epoch = History(records), start_epoch
+    if distributed:  # ranks launched with different settings or data stop here, all of them
+        dist_utils.check_same_run(context, {
+            **run, "epochs": epochs, "start_epoch": start_epoch, "model": model.config,
+            "dtype": str(next(model.parameters()).dtype), "checkpoint": checkpoint and
+            os.path.abspath(checkpoint), "resume": bool(resume)})
 
     if graphed:  # the graphs read the data at one address: the binarization goes there
         x_static = train.clone() if stochastic_binarization else train
@@ -257,14 +298,17 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
                                for k, v in _evaluate(model, test, 1024, 1, seed + 1).items()})
             _check_finite_epoch(record, model, epoch, lr, note)
             history.records.append(record)
+            if on_epoch_end is not None:  # before the save: what it records is saved too
+                on_epoch_end(epoch, model, record)
+                _check_callback_record(record, on_epoch_end)
             if checkpoint is not None:
                 if context.is_main:
                     save_checkpoint(checkpoint, model, optimizer=optimizer.state_dict(),
                                     generator=gen.get_state(), history=history.records,
-                                    epoch=epoch, seed=seed, run=run)
+                                    epoch=epoch, seed=seed, run=run,
+                                    generator_device=gen.device.type,
+                                    object_state=_object_states(stateful))
                 saved_epoch = epoch
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, model, record)
             bar.update(1)
             bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k.endswith("elbo")})
     finally:
@@ -272,9 +316,29 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
     return history
 
 
+def _as_python_number(value: Any) -> Any:
+    """A NumPy scalar (or a one-element tensor) as the Python int or float it holds, so
+    that what fit records and saves is plain data; anything else unchanged."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral) and not isinstance(value, int):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (int, float)):
+        return float(value)
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):  # np.float64 is a float
+        return value.item()
+    return value
+
+
 def _check_fit_arguments(*, epochs, batch_size, lr, n_samples, check_every, seed, fused_adam,
-                         compile, cuda_graph) -> None:
-    """ValueError naming the first argument of fit that is not what it must be."""
+                         compile, cuda_graph) -> tuple[int, int, float, int, int, int]:
+    """ValueError naming the first argument of fit that is not what it must be; return
+    epochs, batch_size, lr, n_samples, check_every and seed as Python numbers (NumPy
+    scalars converted: a np.float64 lr would reach the optimizer's saved state)."""
+    epochs, batch_size, n_samples, check_every, seed = (
+        _as_python_number(v) for v in (epochs, batch_size, n_samples, check_every, seed))
+    if isinstance(lr, numbers.Real) and not isinstance(lr, bool):
+        lr = float(lr)
     check_count("epochs", epochs)
     check_count("batch_size", batch_size)
     _check_positive_float("lr", lr)
@@ -288,6 +352,54 @@ def _check_fit_arguments(*, epochs, batch_size, lr, n_samples, check_every, seed
                          f"got {compile!r}")
     if not (isinstance(cuda_graph, bool) or cuda_graph == "auto"):
         raise ValueError(f"cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
+    return epochs, batch_size, lr, n_samples, check_every, seed
+
+
+def _check_fit_data(model: VAE, train: Any, test: Any, stochastic_binarization: Any
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """ValueError naming the data or the flag that fit cannot train with; return the data
+    detached (fit trains on their values: data with requires_grad get no .grad)."""
+    if not isinstance(stochastic_binarization, bool):
+        raise ValueError("stochastic_binarization must be True or False, got "
+                         f"{stochastic_binarization!r}")
+    for name, x in (("train", train), ("test", test)):
+        if isinstance(x, torch.Tensor) and x.is_meta:
+            raise ValueError(f"{name} is a tensor on the meta device, which holds no values: "
+                             "fit needs the data themselves")
+    check_input(model, train, "train")
+    if test is not None:
+        check_input(model, test, "test")
+    if stochastic_binarization and (train.min() < 0 or train.max() > 1):
+        raise ValueError("stochastic_binarization=True draws each pixel from Bernoulli(x), so "
+                         "train must lie in [0, 1], got values in "
+                         f"[{train.min().item():.3g}, {train.max().item():.3g}]")
+    return train.detach(), None if test is None else test.detach()
+
+
+def _stateful_objects(objective: Callable, on_epoch_end: Callable | None) -> dict[str, Any]:
+    """The objects whose attributes a checkpoint saves and a resume restores: the
+    objective, and the object whose method on_epoch_end is (a KLAnnealing's schedule)."""
+    owner = getattr(on_epoch_end, "__self__", None)
+    return {"objective": objective,
+            "on_epoch_end": None if owner is None or owner is objective else owner}
+
+
+def _object_states(stateful: dict[str, Any]) -> dict[str, Any]:
+    states = {name: object_state(obj) for name, obj in stateful.items()}
+    return {name: state for name, state in states.items() if state is not None}
+
+
+def _check_callback_record(record: dict, on_epoch_end: Callable) -> None:
+    """Convert the NumPy scalars on_epoch_end put in the epoch's record to Python numbers;
+    ValueError naming the key for anything else a checkpoint could not hold."""
+    for key, value in list(record.items()):
+        record[key] = value = _as_python_number(value)
+        if not isinstance(key, str) or not (value is None or isinstance(value, (
+                bool, int, float, str))):
+            raise ValueError(
+                f"on_epoch_end ({getattr(on_epoch_end, '__qualname__', on_epoch_end)!r}) put "
+                f"{key!r}: {value!r} ({type(value).__name__}) in the epoch's record; a record "
+                "holds str keys and numbers or strings (use float(x) or x.item())")
 
 
 def _use_cuda_graph(cuda_graph: bool | str, dev: torch.device, distributed: bool,
