@@ -443,7 +443,8 @@ def load_mnist(root: str | os.PathLike, binarize: str | None = None, seed: int =
         if not os.path.isdir(root):
             raise FileNotFoundError(f"root must be a folder holding the MNIST IDX files; "
                                     f"{os.path.abspath(root)!r} is not a folder (pass "
-                                    "download=True to fetch them)")
+                                    "download=True, or --download on the command line, to "
+                                    "fetch them)")
         paths = {key: _find_idx(root, stem) for key, stem in MNIST_FILES.items()}
     arrays = {key: read_idx(path) for key, path in paths.items()}
     for key, path in paths.items():
