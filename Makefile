@@ -17,6 +17,7 @@ export $(PINNED)
 endif
 # `make notebooks NOTEBOOKS=book/03_training.ipynb` re-executes one chapter only.
 NOTEBOOKS ?= $(wildcard book/*.ipynb)
+comma := ,
 # pip's notes about index folders it skips are noise, not errors.
 PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
@@ -67,9 +68,17 @@ notebooks: $(STAMP)
 		--times benchmarks/results/notebook-times-cpu-2core.json
 
 ## Jupyter Lab in the project's environment (installs the pinned jupyterlab once).
+## Options for jupyter lab through LAB_ARGS, e.g. `make lab LAB_ARGS="--no-browser --port 8890"`.
+## As root (containers, cloud VMs) --allow-root is added. The files in book/ that only the build
+## and the tests read are hidden from Lab's file browser (LAB_HIDE, beside Jupyter's defaults).
+LAB_ARGS ?=
+LAB_HIDE := __pycache__ *.pyc *.pyo .DS_Store *.so *.dylib *~ conftest.py nbval_sanitize.cfg _ext
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: $(STAMP)
 	$(BIN)/python -m pip install -q -c requirements.lock jupyterlab==4.6.6 $(PIP_QUIET)
-	$(BIN)/jupyter lab book
+	$(BIN)/jupyter lab book $(LAB_ROOT) \
+		--ContentsManager.hide_globs="[$(subst $(eval) ,$(comma),$(foreach g,$(LAB_HIDE),'$(g)'))]" \
+		$(LAB_ARGS)
 
 ## The benchmark harness (not part of the package): CPU, and CUDA where present. Options
 ## through BENCH_ARGS, e.g. `make bench BENCH_ARGS=--quick`; see benchmarks/README.md.
