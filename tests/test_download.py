@@ -42,6 +42,7 @@ def test_download_then_load_and_skip_what_is_there(tmp_path, algorithm):
         torch.testing.assert_close(mnist.train, expected)
         assert mnist.test_labels.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
         assert {p.name: p.read_bytes() for p in root.iterdir()} == files
+        assert all(p.stat().st_mode & 0o777 == 0o644 for p in root.iterdir())
         # everything is there with the right checksum: nothing is fetched again
         server.requests.clear()
         load_mnist(root, download=True, mirrors=[url], checksums=table, timeout=5)

@@ -319,6 +319,8 @@ def _fetch(url: str, root: str, name: str, algorithm: str, digest: str, timeout:
             if length is not None and length > max_bytes:
                 raise OSError(f"it announces {length} bytes, more than max_bytes={max_bytes}")
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=root)
+            if hasattr(os, "fchmod"):
+                os.fchmod(fd, 0o644)  # mkstemp's 0600 would make the data private
             h, n = _new_hash(algorithm), 0
             with os.fdopen(fd, "wb") as out:
                 while chunk := response.read(1 << 16):
