@@ -30,8 +30,9 @@ CLONE = "vaetut-src"
 
 CELL_TEMPLATE = MARKER + '''
 # Where vaetut is installed (make lab, Binder) this cell does nothing.
-REPO_URL, BRANCH = {repo_url!r}, {branch!r}
 import os
+
+REPO_URL, BRANCH = {repo_url!r}, {branch!r}
 try:
     import vaetut  # noqa: F401
 except ImportError:
