@@ -209,8 +209,8 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
         Per-example objective ``objective(model, x, n_samples, generator)``, default `elbo`.
     on_epoch_end : callable, optional
         Called as ``on_epoch_end(epoch, model, record)`` after each epoch.
-    cuda_graph : bool or "auto"
-        Replay the whole step as a CUDA graph ("auto": on CUDA when nothing changes it).
+    cuda_graph : bool or str
+        Replay the whole step as a CUDA graph; "auto": on CUDA when nothing changes it.
     fused_adam : bool
         Adam's fused kernel (equal within float rounding).
     check_every : int
