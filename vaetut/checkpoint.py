@@ -103,14 +103,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     _remove_stale_temporaries(target)
     tmp = os.path.join(folder, f"{_temp_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666))
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY | _NOFOLLOW)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)  # rename(2) replaces a link at target, never its target
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666))
+            write(tmp)
+            fd = os.open(tmp, os.O_RDONLY | _NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)  # rename(2) replaces a link at target, never its target
+        except OSError as err:  # name the file the caller asked for, not the temporary
+            raise type(err)(err.errno, f"cannot write {path!r}: {err.strerror or err}") from err
     except BaseException:
         try:
             os.remove(tmp)
@@ -238,7 +241,14 @@ def save_checkpoint(path: str | os.PathLike, model: VAE, **state: Any) -> None:
         _check_loadable(value, f"state[{key!r}]")
     payload = {"format_version": FORMAT_VERSION, "config": dict(model.config),
                "model": model.state_dict(), **state}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    buffer = io.BytesIO()  # serialized first: a failed write is then an OSError, not torch's
+    torch.save(payload, buffer)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+
+    atomic_write(path, write)
 
 
 def _map_location(map_location: Any) -> torch.device:

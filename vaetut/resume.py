@@ -192,9 +192,11 @@ def _check_training_state(checkpoint, payload: dict, model: VAE, optimizer, gen,
                     bool, int, float, str))):
                 raise bad(f"its history record of epoch {i + 1} holds {key!r}: {value!r}, not "
                           "a number")
-            if isinstance(value, float) and not math.isfinite(value) and key.startswith(
-                    ("train_", "test_")):
-                raise bad(f"its history record of epoch {i + 1} holds {key} = {value}")
+            if key.startswith(("train_", "test_")) and (
+                    isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value)):
+                raise bad(f"its history record of epoch {i + 1} holds {key!r} = {value!r}, "
+                          "not a finite number")
     state = payload["generator"]
     ours = gen.get_state()
     where = payload.get("generator_device")
@@ -262,6 +264,7 @@ def resume(checkpoint: str | os.PathLike, model: VAE, optimizer: torch.optim.Opt
     The optimizer's state is loaded into `optimizer` as it was built by this call: the
     kernel it runs (fused or not) and whether its step is capturable in a CUDA graph
     are this call's choice, whatever the checkpoint was saved with."""
+    checkpoint = os.fspath(checkpoint)
     stored, payload = load_checkpoint(checkpoint, map_location=dev)
     afresh = ("pass resume=False (command line: --no-resume) to start afresh and overwrite "
               "it, or another checkpoint path (--out)")
