@@ -75,6 +75,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--data", choices=("digits", "mnist"), default="digits",
                    help="digits: scikit-learn's bundled 8x8 digits (offline); mnist: IDX files")
     p.add_argument("--mnist-root", default="data/mnist", help="folder holding the MNIST IDX files")
+    p.add_argument("--download", action="store_true",
+                   help="with --data mnist: first fetch the four IDX .gz files into --mnist-root "
+                   "(checksums verified; files already there with the right checksum are kept)")
     p.add_argument("--binarize", choices=("none", "fixed", "stochastic"), default="fixed",
                    help="how pixels are made binary for the Bernoulli likelihood")
     p.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli",
@@ -205,10 +208,13 @@ def train(args: argparse.Namespace) -> int:
               f"{args.binarize}): a Gaussian density on pixels that are 0 or 1 grows without "
               "bound as its variance shrinks, so its ELBO means little; use --binarize none "
               "for grey levels, or --likelihood bernoulli", file=sys.stderr)
+    if args.download and args.data != "mnist":
+        raise ValueError("--download fetches MNIST's IDX files; use it with --data mnist")
     if args.data == "digits":
         dataset = data.load_digits(binarize=binarize, seed=args.seed)
     else:
-        dataset = data.load_mnist(args.mnist_root, binarize=binarize, seed=args.seed)
+        dataset = data.load_mnist(args.mnist_root, binarize=binarize, seed=args.seed,
+                                  download=args.download)
     torch.manual_seed(args.seed)
     model = VAE(dataset.x_dim, args.z_dim, tuple(args.hidden), args.likelihood)
     checkpoint = os.path.join(args.out, "checkpoint.pt")
