@@ -5,13 +5,17 @@ every other host unresolvable, so the book must work offline), and fails if a pa
 missing, an asset does not load (the server logs every 404), an image is broken or has
 no alt text, a figure has no caption, math is left as raw TeX, a reference or citation is
 unresolved, an internal link points at a missing page or anchor, or the console shows an
-error. Saves a PNG of each page's first screen under _build/screenshots/.
+error. At a 1280-pixel-wide window (a laptop), it also fails if a code block scrolls sideways
+(its lines are wider than the column) or a figure image has fewer pixels across than the
+content column is wide (the browser would enlarge it, blurred). Saves a PNG of each page's
+first screen under _build/screenshots/.
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import http.server
+import json
 import re
 import shutil
 import subprocess
@@ -29,6 +33,41 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-component-update", "--disable-sync", "--hide-scrollbars",
                   # every host but this one is unknown: a remote asset fails to load
                   "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]
+WINDOW = (1280, 900)  # a laptop's browser window, in CSS pixels
+
+# Served into a page (at /page.html?measure): after the page has loaded and settled (MathJax,
+# fonts), measures in the live layout what the DOM alone cannot show, and leaves the result
+# as JSON in the DOM for --dump-dom. Collapsed cells (<details>) are opened first, as a
+# reader may open them.
+MEASURE_ID = "check-html-measure"
+MEASURE_SCRIPT = """<script>
+window.addEventListener("load", () => setTimeout(() => {
+  document.querySelectorAll("details").forEach((d) => { d.open = true; });
+  const main = document.querySelector("main") || document.body;
+  const article = main.querySelector("article") || main;
+  const style = getComputedStyle(article);
+  const column = article.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  const code = [];
+  main.querySelectorAll("div.highlight pre").forEach((pre) => {
+    if (pre.clientWidth > 0 && pre.scrollWidth > pre.clientWidth + 1) {
+      const widest = pre.textContent.split("\\n").reduce((a, b) => (b.length > a.length ? b : a), "");
+      code.push({line: widest.slice(0, 80), chars: widest.length,
+                 scrollWidth: pre.scrollWidth, clientWidth: pre.clientWidth});
+    }
+  });
+  const images = [];
+  main.querySelectorAll("div.cell_output img, figure img").forEach((img) => {
+    images.push({src: img.getAttribute("src"), naturalWidth: img.naturalWidth,
+                 shownWidth: img.clientWidth});
+  });
+  const out = document.createElement("script");
+  out.type = "application/json";
+  out.id = "%s";
+  out.textContent = JSON.stringify({column: column, window: window.innerWidth, code: code,
+                                    images: images});
+  document.body.appendChild(out);
+}, 2000));
+</script>""" % MEASURE_ID
 
 
 def toc_pages(toc_file: Path) -> list[str]:
@@ -60,6 +99,22 @@ class Server:
         class Handler(http.server.SimpleHTTPRequestHandler):
             def log_message(self, fmt, *args):
                 pass
+
+            def do_GET(self):
+                url = urlparse(self.path)
+                file = Path(self.translate_path(url.path))
+                if url.query == "measure" and file.suffix == ".html" and file.is_file():
+                    page = file.read_text()
+                    at = page.rfind("</body>")
+                    at = at if at >= 0 else len(page)
+                    body = (page[:at] + MEASURE_SCRIPT + page[at:]).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html; charset=utf-8")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                super().do_GET()
 
             def send_error(self, code, message=None, explain=None):
                 failed.append(f"{code} {self.path}")
@@ -123,6 +178,32 @@ def check_dom(page: str, html: str) -> list[str]:
     return problems
 
 
+def measurements(html: str) -> dict | None:
+    """What MEASURE_SCRIPT left in a dumped DOM, or None if it did not run."""
+    found = BeautifulSoup(html, "html.parser").find("script", id=MEASURE_ID)
+    return json.loads(found.string) if found is not None and found.string else None
+
+
+def check_layout(measured: dict | None) -> list[str]:
+    """Code blocks that scroll sideways, and figure images narrower than the column."""
+    if measured is None:
+        return ["the layout was not measured (the page's scripts did not finish)"]
+    problems = []
+    for block in measured["code"]:
+        problems.append(f"code block scrolls sideways at a {measured['window']}-pixel window "
+                        f"({block['scrollWidth']} px of code in {block['clientWidth']} px; "
+                        f"widest line {block['chars']} characters: {block['line']!r})")
+    column = measured["column"]
+    for image in measured["images"]:
+        if image["naturalWidth"] == 0:
+            continue  # not loaded: reported as a failed request or a broken image
+        if image["naturalWidth"] < column:
+            problems.append(f"figure image {image['src']} is {image['naturalWidth']} pixels wide, "
+                            f"fewer than the {column:.0f}-pixel column (the browser enlarges "
+                            "it, blurred): draw it wider or at a higher dpi")
+    return problems
+
+
 def check_links(html_root: Path, page_file: Path) -> list[str]:
     """Internal links from this page: the target file exists and holds the anchor."""
     problems = []
@@ -165,13 +246,14 @@ def main(argv=None) -> int:
         else:
             url = f"{server.url}/{page}.html"
             start = len(server.failed)
-            dom = chromium(url, "--virtual-time-budget=15000", "--dump-dom")
+            window = f"--window-size={WINDOW[0]},{WINDOW[1]}"
+            dom = chromium(url + "?measure", "--virtual-time-budget=15000", window, "--dump-dom")
             problems += console_errors(dom.stderr)
             problems += check_dom(page, dom.stdout)
+            problems += check_layout(measurements(dom.stdout))
             problems += check_links(html_root, page_file)
             shot = shots / (page.replace("/", "_") + ".png")
-            chromium(url, "--virtual-time-budget=15000", "--window-size=1280,900",
-                     f"--screenshot={shot.resolve()}")
+            chromium(url, "--virtual-time-budget=15000", window, f"--screenshot={shot.resolve()}")
             if not shot.exists():
                 problems.append("no screenshot was written")
             # browsers ask for /favicon.ico on their own; every other failure is the book's

@@ -101,7 +101,7 @@ def image_rows(rows: dict[str, torch.Tensor], image_shape: Sequence[int], n_cols
 
     Parameters
     ----------
-    rows : dict of str to torch.Tensor
+    rows : dict
         Title of each row and its flattened images (N, H*W) in [0, 1], top to bottom.
     image_shape : sequence of int
         (H, W) of one image.
