@@ -21,12 +21,23 @@ PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08
        b"\x00\x00\x00\x00IEND\xaeB`\x82")
 
 
+def wide_png(width=1400, height=10) -> bytes:
+    """A PNG wider than the page's column at a 1280-pixel window (check-html's width)."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), "white").save(out, format="PNG")
+    return out.getvalue()
+
+
 def make_site(tmp_path, page=GOOD_PAGE):
     html = tmp_path / "html"
     (html / "book").mkdir(parents=True)
     (html / "book" / "page.html").write_text(page)
     (html / "book" / "other.html").write_text('<html><body><main id="top">x</main></body></html>')
-    (html / "book" / "a.png").write_bytes(PNG)
+    (html / "book" / "a.png").write_bytes(wide_png())
     toc = tmp_path / "_toc.yml"
     toc.write_text("format: jb-book\nroot: book/page\nchapters:\n  - file: book/other\n")
     return html, toc
@@ -97,3 +108,48 @@ def test_the_workflow_runs_the_same_targets_as_ci():
 def test_pre_commit_keeps_notebook_outputs():
     config = (ROOT / ".pre-commit-config.yaml").read_text()
     assert "nbstripout" in config and "--keep-output" in config and "ruff" in config
+
+
+def measured(code=(), images=(), column=800):
+    return {"column": column, "window": 1280, "code": list(code), "images": list(images)}
+
+
+def test_check_layout_reports_scrolling_code_and_narrow_figures():
+    assert check_html.check_layout(measured(images=[{"src": "a.png", "naturalWidth": 960,
+                                                     "shownWidth": 784}])) == []
+    wide = {"line": "x = 1", "chars": 120, "scrollWidth": 950, "clientWidth": 798}
+    assert any("scrolls sideways" in p and "120 characters" in p
+               for p in check_html.check_layout(measured(code=[wide])))
+    narrow = {"src": "b.png", "naturalWidth": 640, "shownWidth": 640}
+    assert any("b.png is 640 pixels wide" in p
+               for p in check_html.check_layout(measured(images=[narrow])))
+    broken = {"src": "c.png", "naturalWidth": 0, "shownWidth": 0}  # reported as a failed request
+    assert check_html.check_layout(measured(images=[broken])) == []
+    assert "not measured" in check_html.check_layout(None)[0]
+
+
+def test_measurements_reads_what_the_page_script_left():
+    page = (f'<html><body><main>x</main><script type="application/json" id="{check_html.MEASURE_ID}">'
+            '{"column": 800, "window": 1280, "code": [], "images": []}</script></body></html>')
+    assert check_html.measurements(page) == measured()
+    assert check_html.measurements(GOOD_PAGE) is None
+
+
+@pytest.mark.skipif(BROWSER is None and not os.environ.get("CI"),
+                    reason="no Chromium here (CI installs it, so there this test runs)")
+def test_the_browser_measures_code_width_and_image_pixels_at_1280_pixels(tmp_path, capsys):
+    html, toc = make_site(tmp_path)
+    args = ["--toc", str(toc), "--html", str(html), "--screenshots", str(tmp_path / "shots")]
+    short = '<div class="highlight"><pre>x = 1</pre></div>'
+    page = GOOD_PAGE.replace("</main>", short + "</main>")
+    (html / "book" / "page.html").write_text(page)
+    assert check_html.main(args) == 0, capsys.readouterr().out
+    long_line = "y = " + "1 + " * 100 + "1"
+    (html / "book" / "page.html").write_text(
+        page.replace("x = 1", long_line))  # 405 characters: scrolls in any column at 1280 px
+    assert check_html.main(args) == 1
+    assert "scrolls sideways at a 1280-pixel window" in capsys.readouterr().out
+    (html / "book" / "a.png").write_bytes(PNG)  # 1 pixel wide
+    (html / "book" / "page.html").write_text(page)
+    assert check_html.main(args) == 1
+    assert "a.png is 1 pixels wide" in capsys.readouterr().out
