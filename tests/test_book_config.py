@@ -1,0 +1,78 @@
+"""How the book is numbered and how `make lab` starts (book/_ext/vaetut_html.py, Makefile)."""
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "book" / "_ext"))
+import vaetut_html  # noqa: E402
+
+
+def test_each_page_numbers_its_figures_and_equations_from_one():
+    # what Sphinx assigns without numbered headings: one count through the whole book
+    numbers = {"book/01_identity": {"figure": {"f1": (1,), "f2": (2,)},
+                                    "displaymath": {"e1": (1,), "e2": (2,), "e3": (3,)}},
+               "book/05_bounds_and_gaps": {"figure": {"g2": (12,), "g1": (11,)},
+                                           "displaymath": {"b": (20,)}},
+               "book/answer": {"figure": {"a": (24,)}, "displaymath": {"x": (26,), "y": (27,)}}}
+    vaetut_html.number_per_page(numbers)
+    assert numbers == {"book/01_identity": {"figure": {"f1": (1, 1), "f2": (1, 2)},
+                                            "displaymath": {"e1": (1, 1), "e2": (1, 2),
+                                                            "e3": (1, 3)}},
+                       "book/05_bounds_and_gaps": {"figure": {"g1": (5, 1), "g2": (5, 2)},
+                                                   "displaymath": {"b": (5, 1)}},
+                       "book/answer": {"figure": {"a": (1,)},
+                                       "displaymath": {"x": (1,), "y": (2,)}}}
+
+
+@pytest.mark.parametrize("docname, prefix", [("book/05_bounds_and_gaps", (5,)),
+                                             ("book/01_identity", (1,)), ("book/answer", ()),
+                                             ("book/appendix_benchmarks", ()),
+                                             ("book/quickstart", ()), ("intro", ())])
+def test_a_chapter_page_is_prefixed_with_its_number(docname, prefix):
+    assert vaetut_html.page_prefix(docname) == prefix
+
+
+def test_the_book_loads_the_extension_and_its_stylesheet():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["sphinx"]["local_extensions"] == {"vaetut_html": "book/_ext"}
+    assert (ROOT / "book" / "_ext" / "static" / "vaetut.css").is_file()
+    for ext in ("sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.autosummary"):
+        assert ext in config["sphinx"]["extra_extensions"]
+    toc = (ROOT / "_toc.yml").read_text()
+    assert "file: book/api" in toc
+
+
+def test_the_api_page_names_every_public_function_and_class():
+    import vaetut
+
+    page = (ROOT / "book" / "api.md").read_text()
+    documented = set(re.findall(r"^\.\. auto(?:function|class|exception):: (vaetut\.[\w.]+)",
+                                page, flags=re.M))
+    modules = {"data", "plots", "exact", "bounds", "diagnostics"}
+    for name in vaetut.__all__:
+        if name not in modules:
+            assert f"vaetut.{name}" in documented, name
+
+
+MAKE = shutil.which("make")
+
+
+@pytest.mark.skipif(MAKE is None, reason="no make")
+def test_make_lab_starts_as_root_hides_the_build_files_and_passes_lab_args():
+    out = subprocess.run([MAKE, "-n", "lab", "LAB_ARGS=--no-browser --port 8899"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    command = out[out.index("jupyter lab book"):]
+    assert ("--allow-root" in command) == (os.geteuid() == 0)
+    hidden = re.search(r'--ContentsManager\.hide_globs="(\[.*?\])"', command).group(1)
+    globs = ast.literal_eval(hidden)
+    assert {"conftest.py", "nbval_sanitize.cfg", "_ext"} <= set(globs)
+    assert {"__pycache__", "*.pyc"} <= set(globs)  # Jupyter's own defaults are kept
+    assert command.rstrip().endswith("--no-browser --port 8899")
