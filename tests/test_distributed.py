@@ -34,8 +34,10 @@ def spy(model, x, *args, **kwargs):
 torch.manual_seed(0)
 digits = vaetut.data.load_digits(binarize="fixed")
 model = vaetut.VAE(64, 4, hidden=(32,))
+fit_args = {fit_args}
+{change}
 history = vaetut.fit(model, digits.train[:230], digits.test[:40], objective=spy,
-                     distributed=True, dist_timeout_s=20, **{fit_args})
+                     distributed=True, dist_timeout_s=20, **fit_args)
 json.dump(seen, open(os.path.join(sys.argv[1], f"batches-{{rank}}.json"), "w"))
 
 # one more global batch, by hand: this rank's share of the gradient, after DDP's average
@@ -52,9 +54,9 @@ if rank == 0:
 """
 
 
-def run_script(tmp_path, poison="", timeout=180):
+def run_script(tmp_path, poison="", timeout=180, change=""):
     script = tmp_path / "train_ddp.py"
-    script.write_text(SCRIPT.format(poison=poison, fit_args=repr(FIT_ARGS)))
+    script.write_text(SCRIPT.format(poison=poison, fit_args=repr(FIT_ARGS), change=change))
     start = time.time()
     result = subprocess.run([*TORCHRUN, str(script), str(tmp_path)], capture_output=True,
                             text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -123,7 +125,8 @@ def test_the_cli_trains_unchanged_under_torchrun(tmp_path):
                              str(tmp_path), "--no-progress"], capture_output=True, text=True,
                             timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert {p.name for p in tmp_path.iterdir()} == {"checkpoint.pt", "history.json", "samples.png"}
+    assert {p.name for p in tmp_path.iterdir()} == {"checkpoint.pt", "history.json", "samples.png",
+                                                     ".checkpoint.pt.lock"}
     assert [r["epoch"] for r in json.loads((tmp_path / "history.json").read_text())] == [1, 2]
     assert result.stdout.count('"epoch": 2') == 1  # only rank 0 reports
 
@@ -139,3 +142,11 @@ def test_more_processes_than_gpus_stop_at_once_with_both_numbers(monkeypatch):
                                          r".*--nproc-per-node 1.*gloo"):
         distributed.join(torch.device("cuda"))
     assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.slow
+def test_ranks_launched_with_different_settings_are_stopped(tmp_path):
+    result, seconds = run_script(tmp_path, change='if rank == 1: fit_args["lr"] = 1e-3')
+    assert result.returncode != 0
+    assert "were given different runs (lr: 0.003 on rank 0, 0.001 on rank 1" in result.stderr
+    assert not (tmp_path / "batches-0.json").exists() and seconds < 60
