@@ -15,7 +15,7 @@ import torch
 
 import vaetut
 from helpers import run, small_model
-from vaetut.checkpoint import CheckpointLockedError, acquire_checkpoint_lock
+from vaetut import checkpoint as checkpoint_module
 from vaetut.diagnostics import KLAnnealing, Scaled, pixel_mean_elbo
 
 
@@ -53,7 +53,7 @@ def test_1_a_second_writer_is_refused_at_once_naming_the_first(digits, held_by_a
     path, pid = held_by_another_process
     seen = []
     start = time.time()
-    with pytest.raises(CheckpointLockedError, match=rf"ck\.pt.*another run \(pid {pid} on "):
+    with pytest.raises(checkpoint_module.CheckpointLockedError, match=rf"ck\.pt.*another run \(pid {pid} on "):
         vaetut.fit(small_model(), **_args(digits), checkpoint=path,
                    on_epoch_end=lambda *a: seen.append(a))
     assert seen == [] and not path.exists() and time.time() - start < 10
@@ -61,7 +61,7 @@ def test_1_a_second_writer_is_refused_at_once_naming_the_first(digits, held_by_a
 
 def test_1_the_lock_is_reentrant_in_a_process_and_released_after_fit(digits, tmp_path):
     path = tmp_path / "ck.pt"
-    with acquire_checkpoint_lock(path):  # what the command line does around fit
+    with checkpoint_module.acquire_checkpoint_lock(path):  # what the command line does around fit
         vaetut.fit(small_model(), **_args(digits, epochs=1), checkpoint=path)
     vaetut.fit(small_model(), **_args(digits, epochs=2), checkpoint=path)  # free again
     # and released when fit fails, too
@@ -374,7 +374,7 @@ def test_15_fit_checks_its_checkpoint_path_before_training(digits, tmp_path, mak
         path = tmp_path / "file" / "ck.pt"
     seen = []
     with pytest.raises(ValueError, match="checkpoint") as info:
-        vaetut.fit(small_model(), **_args(digits), checkpoint=path,
+        vaetut.fit(small_model(), **_args(digits), checkpoint=path, resume=False,
                    on_epoch_end=lambda *a: seen.append(a))
     assert says in str(info.value) and seen == []
 
