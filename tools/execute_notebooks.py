@@ -23,13 +23,15 @@ PINNED = [line.split("=", 1)[0] for line in
           if line and not line.startswith("#")]
 
 
-def execute(path: Path, timeout: int = 900) -> float:
+def execute(path: Path, timeout: int = 900, out: Path | None = None) -> float:
+    """Execute the notebook at `path` in its own folder; write it to `out` (default: in
+    place). Return the wall time in seconds."""
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
     NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     seconds = time.perf_counter() - start
-    nbformat.write(nb, path)
+    nbformat.write(nb, out or path)
     return seconds
 
 
@@ -37,10 +39,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--times", help="write each notebook's wall time to this JSON file")
+    parser.add_argument("--out-dir", type=Path,
+                        help="write the executed notebooks here instead of in place")
     args = parser.parse_args()
     times = {}
     for path in args.notebooks:
-        times[path.name] = round(execute(path), 1)
+        out = args.out_dir / path.name if args.out_dir else None
+        times[path.name] = round(execute(path, out=out), 1)
         print(f"{path}: executed in {times[path.name]:.1f} s", flush=True)
     if args.times:  # a run of some notebooks updates their entries and keeps the others'
         try:

@@ -83,10 +83,11 @@ class EagerSteps:
             losses, checked = torch.zeros(self.steps_per_epoch, device=device), 0
         perm = torch.randperm(self.n, generator=self.gen, device=device)
         for step, idx in enumerate(perm.split(self.batch_size)):
-            terms = self.objective(self.model, x_epoch[idx], self.n_samples, self.gen,
-                                   validate=False)
+            terms = self.objective(self.model, x_epoch.index_select(0, idx), self.n_samples,
+                                   self.gen, validate=False)
             loss = -terms.elbo.mean()
-            if not lazy and not torch.isfinite(loss):  # one synchronisation per step
+            # one synchronisation per step, and no tensor ops: a Python float's test
+            if not lazy and not math.isfinite(loss.item()):
                 _raise_bad_loss_before_step(loss, epoch, step + 1, self.steps_per_epoch,
                                             _lr(self.optimizer), note)
             if lazy:
