@@ -133,6 +133,11 @@ def test_4_a_config_asking_for_a_huge_model_is_refused_before_anything_is_built(
     _crafted(path, {**small.config, "hidden": [4], "x_dim": 10**6}, small.state_dict())
     with pytest.raises(ValueError, match=r"weights do not fit"):
         vaetut.load_checkpoint(path)
+    _crafted(path, {**small.config, "hidden": [4] * 100000}, small.state_dict())
+    start = time.time()
+    with pytest.raises(ValueError, match=r"10 tensors stored, 400006 expected"):
+        vaetut.load_checkpoint(path)
+    assert time.time() - start < 5
 
 
 @pytest.mark.parametrize("config, says", [

@@ -199,7 +199,7 @@ def train(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     from . import VAE, data, distributed, fit, plots
-    from .checkpoint import acquire_checkpoint_lock, atomic_write
+    from .checkpoint import acquire_checkpoint_lock, atomic_write, check_checkpoint_path
 
     binarize = None if args.binarize == "none" else args.binarize
     main_rank = distributed.env_rank() == 0
@@ -220,6 +220,11 @@ def train(args: argparse.Namespace) -> int:
     checkpoint = os.path.join(args.out, "checkpoint.pt")
     args.checkpoint = checkpoint  # for main's messages
     created = _prepare_out(args.out)
+    try:
+        check_checkpoint_path(checkpoint, name="--out's checkpoint")
+    except ValueError:
+        _remove_created(created)
+        raise
     lock = None
     written = False
     try:

@@ -195,8 +195,8 @@ def check_checkpoint_path(path: str | os.PathLike, name: str = "checkpoint") -> 
                 "written by replacing the file, which would replace the link and leave its "
                 "target behind, so a link is refused: pass the target's path itself")
         if stat.S_ISDIR(st.st_mode):
-            raise ValueError(f"{name} {path!r} is a folder; name a file in it, e.g. "
-                             f"{os.path.join(path, 'checkpoint.pt')!r}")
+            raise ValueError(f"{name} {path!r} is a folder, not a file: move it away or "
+                             "choose another path")
         if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"{name} {path!r} is {_file_kind(st.st_mode)}, not a regular "
                              "file; name a file (it is created if missing)")
@@ -367,6 +367,11 @@ def _check_weight_shapes(path: str, kwargs: dict, weights: Any, size: int) -> No
     if not isinstance(weights, dict):
         raise ValueError(f"{path!r}: its 'model' holds a {type(weights).__name__}, not the "
                          "model's weights (a state dict)")
+    layers = len(kwargs["hidden"])  # encoder: layers + 2 Linear, decoder: layers + 1
+    count = 2 * (2 * layers + 3) + (kwargs["likelihood"] == "gaussian")
+    if count != len(weights):  # before building even on the meta device: a long `hidden`
+        raise ValueError(f"{path!r}: its weights do not fit the model its config describes "
+                         f"({kwargs}): {len(weights)} tensors stored, {count} expected")
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in VAE(**kwargs).state_dict().items()}
     found = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
