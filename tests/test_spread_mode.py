@@ -1,0 +1,135 @@
+"""Spread mode (make test where the numerics fingerprint differs): every printed number is
+compared within SPREAD_MULTIPLE times its measured spread; the spreads come from
+tools/measure_spread.py, and tools/run_tests.py picks the mode from the fingerprint."""
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+conf = _load("book_conftest", ROOT / "book" / "conftest.py")
+sys.path.insert(0, str(ROOT / "tools"))
+measure_spread = _load("measure_spread", ROOT / "tools" / "measure_spread.py")
+run_tests = _load("run_tests", ROOT / "tools" / "run_tests.py")
+battery = _load("numerics_battery", ROOT / "tools" / "numerics_battery.py")
+K = conf.SPREAD_MULTIPLE
+
+
+def test_a_number_inside_its_spread_passes_and_just_outside_fails():
+    # spread 0.05 of a number printed to 0.01: allowed K * 0.05
+    stored = "IWAE_5000 -17.138 nats, KL 3.66"
+    inside = f"IWAE_5000 {-17.138 + 0.99 * K * 0.004:.3f} nats, KL {3.66 - 0.99 * K * 0.05:.2f}"
+    outside = f"IWAE_5000 -17.138 nats, KL {3.66 - 1.05 * K * 0.05:.2f}"
+    assert conf.numbers_match(stored, inside, [0.004, 0.05])
+    assert not conf.numbers_match(stored, outside, [0.004, 0.05])
+    # a number whose spread is 0 keeps one unit of its last digit, and no more
+    assert conf.numbers_match(stored, "IWAE_5000 -17.139 nats, KL 3.66", [0.0, 0.0])
+    assert not conf.numbers_match(stored, "IWAE_5000 -17.140 nats, KL 3.66", [0.0, 0.0])
+
+
+def test_a_count_moves_only_as_far_as_it_was_seen_to_move():
+    assert not conf.numbers_match("14 of 16 active", "13 of 16 active", [0.0, 0.0])
+    assert conf.numbers_match("14 of 16 active", "13 of 16 active", [1.0, 0.0])
+    assert not conf.numbers_match("14 of 16 active", "14 of 15 active", [1.0, 0.0])
+
+
+def test_spreads_that_do_not_fit_the_output_fail():
+    assert not conf.numbers_match("a 1.0 b 2.0", "a 1.0 b 2.0", [0.1])
+
+
+def _flatten(outputs):
+    return conf.flatten_outputs(outputs, measure_spread._sanitizer(), measure_spread.SKIP)
+
+
+def _stream(text):
+    return nbformat.v4.new_output("stream", name="stdout", text=text)
+
+
+def test_the_measured_spread_is_the_largest_deviation_of_the_runs():
+    stored = [_stream("ELBO -21.34, KL 5.04, 16 units\n")]
+    runs = {"a": [_stream("ELBO -21.30, KL 5.04, 16 units\n")],
+            "b": [_stream("ELBO -21.36, KL 5.01, 15 units\n")]}
+    spread = measure_spread.cell_spread(stored, runs, _flatten, conf.numbers_in, conf.NUMBER.split)
+    assert spread["stdout"][0] == pytest.approx([0.04, 0.03, 1.0])
+
+
+@pytest.mark.parametrize("fresh", ["ELBO -21.30, KL 5.04, True\n", "ELBO -21.30\n",
+                                   "ELBO -21.30, KL 5.04, 16 units, 1.0\n"])
+def test_a_run_whose_words_differ_cannot_be_measured(fresh):
+    with pytest.raises(ValueError, match="more than its numbers"):
+        measure_spread.cell_spread([_stream("ELBO -21.34, KL 5.04, 16 units\n")],
+                                   {"a": [_stream(fresh)]}, _flatten, conf.numbers_in,
+                                   conf.NUMBER.split)
+
+
+def _notebook(stored_output, spread):
+    cell = nbformat.v4.new_code_cell("print(f'{0.1 + 0.2:.4f} nats')", execution_count=1)
+    if spread is not None:
+        cell.metadata["vaetut"] = {"spread": {"stdout": [spread]}}
+    cell.outputs = [_stream(stored_output)]
+    return nbformat.v4.new_notebook(cells=[cell], metadata={"kernelspec": {
+        "name": "python3", "display_name": "Python 3", "language": "python"}})
+
+
+def _nbval_spread(tmp_path, stored_output, spread):
+    shutil.copy(ROOT / "book" / "conftest.py", tmp_path / "conftest.py")
+    nbformat.write(_notebook(stored_output, spread), tmp_path / "cell.ipynb")
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--nbval", "--nbval-spread", "--nbval-current-env",
+                           str(tmp_path / "cell.ipynb")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_nbval_in_spread_mode_passes_inside_and_fails_outside(tmp_path):
+    # the cell prints "0.3000 nats"; stored 0.3100 with spread 0.003 (allowed 0.012)
+    inside = _nbval_spread(tmp_path, "0.3100 nats\n", [0.003])
+    assert inside.returncode == 0, inside.stdout + inside.stderr
+    outside = _nbval_spread(tmp_path, "0.3100 nats\n", [0.002])  # allowed 0.008 < 0.01
+    assert outside.returncode == 1, outside.stdout + outside.stderr
+    assert "differs beyond the tolerance" in outside.stdout
+    unmeasured = _nbval_spread(tmp_path, "0.3000 nats\n", None)  # equal, but never measured
+    assert unmeasured.returncode == 1 and "make spread" in unmeasured.stdout
+
+
+def test_the_fingerprint_names_the_kernels_that_differ():
+    mine = {"hash": {"exp/contiguous": "a", "mm/64x64x128": "b", "randn": "c"}}
+    reference = {"hash": {"exp/contiguous": "a", "mm/64x64x128": "x", "eigh64": "d",
+                          "randn": "c"}}
+    assert battery.differing(mine, reference) == ["eigh64", "mm/64x64x128"]
+
+
+def test_the_stored_fingerprint_was_written_under_the_pins():
+    stored = json.loads((ROOT / "numerics" / "fingerprint.json").read_text())
+    pinned = dict(line.split("=", 1) for line in (ROOT / "numerics.env").read_text().splitlines()
+                  if line and not line.startswith("#"))
+    assert {k: stored["meta"]["env"].get(k) for k in pinned if k in stored["meta"]["env"]} == \
+        {k: v for k, v in pinned.items() if k in stored["meta"]["env"]}
+    assert set(pinned) - {"PYTHONHASHSEED"} <= set(stored["meta"]["env"])
+    assert any(k.startswith("train/iwae") for k in stored["hash"])
+
+
+@pytest.mark.slow
+def test_a_machine_whose_kernels_differ_runs_spread_mode(tmp_path, monkeypatch):
+    stored = json.loads((ROOT / "numerics" / "fingerprint.json").read_text())
+    stored["hash"]["exp/contiguous"] = "0" * 16  # as if exp rounded differently here
+    other = tmp_path / "fingerprint.json"
+    other.write_text(json.dumps(stored))
+    monkeypatch.setattr(run_tests, "FINGERPRINT", other)
+    mode, why = run_tests.choose_mode(strict=False)
+    assert mode == "spread" and "exp/contiguous" in why
+    assert run_tests.choose_mode(strict=True)[0] == "strict"
