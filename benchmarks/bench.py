@@ -503,6 +503,54 @@ def step_breakdown(config: dict, x: torch.Tensor, device: torch.device, batch_si
                                         / 1e9 / matmul_rate)}
 
 
+# ----------------------------------------------------------------------------- op profile
+
+PROFILE_CATEGORIES = ("matrix products", "Adam step", "finiteness checks", "batch gather",
+                      "rest")
+_MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm"}
+_CHECK_OPS = {"aten::isfinite", "aten::abs", "aten::ne", "aten::eq", "aten::item",
+              "aten::_local_scalar_dense", "aten::is_nonzero"}
+_GATHER_OPS = {"aten::index", "aten::index_select"}
+
+
+def _profile_category(event) -> str:
+    parent = event
+    while parent is not None:  # everything under Optimizer.step is Adam's, whatever the op
+        if parent.name.startswith("Optimizer.step"):
+            return "Adam step"
+        parent = parent.cpu_parent
+    if event.name in _MATMUL_OPS:
+        return "matrix products"
+    if event.name in _CHECK_OPS:
+        return "finiteness checks"
+    if event.name in _GATHER_OPS:
+        return "batch gather"
+    return "rest"
+
+
+def op_profile(config: dict, x: torch.Tensor, device: torch.device, name: str,
+               options: dict) -> dict:
+    """One epoch of vaetut.fit itself (after a warm-up epoch) under torch.profiler, its
+    self CPU time split into PROFILE_CATEGORIES: where an epoch of that path goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = _fresh_model(config)
+    fit(model, x, epochs=1, batch_size=BASELINE_BATCH, lr=1e-3, device=device, seed=0,
+        progress=False, **options)  # warm-up: allocator, kernels
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        fit(model, x, epochs=1, batch_size=BASELINE_BATCH, lr=1e-3, device=device, seed=1,
+            progress=False, **options)
+        wall = time.perf_counter() - start
+    ms = dict.fromkeys(PROFILE_CATEGORIES, 0.0)
+    for event in prof.events():
+        ms[_profile_category(event)] += event.self_cpu_time_total / 1e3
+    total = sum(ms.values())
+    return {"path": name, "options": options, "n_images": len(x), "wall_s": wall,
+            "self_cpu_ms": ms, "total_self_cpu_ms": total,
+            "shares": {k: v / total for k, v in ms.items()}}
+
+
 # ----------------------------------------------------------------------------- main
 
 def _parser() -> argparse.ArgumentParser:
@@ -632,6 +680,14 @@ def main(argv: list[str] | None = None) -> int:
             log(f"[{device}] step breakdown: " + ", ".join(
                 f"B={r['batch_size']}{' fused' if r['fused_adam'] else ''}: "
                 f"GEMM {100 * r['gemm_share']:.0f}%" for r in d["breakdown"]))
+            profiled = mnist[:512 if args.quick else 8000]
+            d["profile"] = [op_profile(datasets["mnist"][1], profiled, device, name, options)
+                            for name, options in (("fit (default)", {}),
+                                                  ("fit(fused_adam=False)",
+                                                   {"fused_adam": False}))]
+            log(f"[{device}] profile: " + ", ".join(
+                f"{r['path']}: matrix products {100 * r['shares']['matrix products']:.0f}%"
+                for r in d["profile"]))
         if "iwae" in parts:
             if not d["matmul_gflops_all"]:
                 d["matmul_gflops_all"].append(matmul_gflops(device, matmul_n))

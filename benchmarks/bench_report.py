@@ -116,6 +116,18 @@ def render_markdown(results: dict) -> str:
                            f"| {r['ms_per_step']:.3g} | {100 * r['gemm_share']:.0f}% "
                            f"| {r['gemm_gflops']:.1f} | {100 * r['gemm_fraction_of_matmul']:.0f} "
                            f"| {100 * r['adam_share']:.0f}% | {100 * r['other_share']:.0f}% |")
+        if d.get("profile"):
+            cats = list(d["profile"][0]["self_cpu_ms"])
+            n = d["profile"][0]["n_images"]
+            out.append(f"\nWhere an epoch of fit goes ({n:,} mnist-sized images, batch 128, "
+                       "torch.profiler self CPU time; everything under Optimizer.step counts "
+                       "as Adam):\n")
+            out.append("| path | wall s | " + " | ".join(cats) + " |")
+            out.append("|---|--:|" + "--:|" * len(cats))
+            for r in d["profile"]:
+                out.append(f"| {r['path']} | {r['wall_s']:.3g} | " + " | ".join(
+                    f"{r['self_cpu_ms'][c]:.0f} ms ({100 * r['shares'][c]:.0f}%)"
+                    for c in cats) + " |")
         if d.get("iwae"):
             out.append("\n| IWAE bound | images | chunk | seconds | GFLOP/s | % of matmul "
                        "| peak MB |")
@@ -206,6 +218,10 @@ def check_consistency(results: dict, rel: float = 1e-6) -> list[str]:
             same(f"{where} shares", r["gemm_share"] + r["adam_share"] + r["other_share"], 1.0)
             same(f"{where} gemm_fraction_of_matmul", r["gemm_fraction_of_matmul"],
                  r["gemm_gflops"] / d["matmul_gflops"])
+        for r in d.get("profile", []):
+            same(f"{dev} profile {r['path']} shares", sum(r["shares"].values()), 1.0)
+            same(f"{dev} profile {r['path']} total", sum(r["self_cpu_ms"].values()),
+                 r["total_self_cpu_ms"])
         for r in d.get("iwae", []):
             if not r.get("error"):
                 same(f"{dev} iwae k={r['k']} fraction_of_matmul", r["fraction_of_matmul"],

@@ -155,6 +155,11 @@ def test_quick_bench_writes_complete_positive_finite_results(quick_run):
         assert positive(r["ms_per_step"]) and positive(r["gemm_gflops"])
         assert 0 < r["gemm_share"] < 1 and 0 < r["adam_share"] < 1
         assert r["gemm_share"] + r["adam_share"] + r["other_share"] == pytest.approx(1)
+    # the profile of fit's own epoch: the default path and the plain Adam loop
+    assert [r["path"] for r in cpu["profile"]] == ["fit (default)", "fit(fused_adam=False)"]
+    for r in cpu["profile"]:
+        assert r["self_cpu_ms"]["matrix products"] > 0 and r["self_cpu_ms"]["Adam step"] > 0
+        assert sum(r["shares"].values()) == pytest.approx(1)
     iwae = cpu["iwae"]
     assert [r["k"] for r in iwae] == [10, 50]
     for r in iwae:
