@@ -173,14 +173,15 @@ def test_book_style_sets_the_figure_resolution_and_font_sizes():
         assert mpl.rcParams["figure.dpi"] == 100  # matplotlib's default, before
         values = plots.book_style()
         assert values == plots.BOOK_STYLE
-        assert mpl.rcParams["figure.dpi"] == 150 and mpl.rcParams["savefig.dpi"] == 150
+        assert mpl.rcParams["figure.dpi"] == 200 and mpl.rcParams["savefig.dpi"] == 200
         assert mpl.rcParams["font.size"] == 11 and mpl.rcParams["axes.labelsize"] == 11
         assert mpl.rcParams["legend.fontsize"] == 10
         fig = plt.figure()
-        assert fig.dpi == 150
-        # a figure of the default size is at least 900 pixels wide: the content column
+        assert fig.dpi == 200
+        # a figure of the default size, and one of 4.7 inches, have more pixels across than
+        # the content column's 800 (at a 1280-pixel window) to about 930 (wider windows)
         width, _ = fig.get_size_inches() * fig.dpi
-        assert width >= 900
+        assert width >= 930 and 4.7 * fig.dpi >= 930
 
 
 def test_image_rows_titles_clear_the_row_above():

@@ -7,8 +7,8 @@ no alt text, a figure has no caption, math is left as raw TeX, a reference or ci
 unresolved, an internal link points at a missing page or anchor, or the console shows an
 error. At a 1280-pixel-wide window (a laptop), it also fails if a code block scrolls sideways
 (its lines are wider than the column) or a figure image has fewer pixels across than the
-content column is wide (the browser would enlarge it, blurred). Saves a PNG of each page's
-first screen under _build/screenshots/.
+content column is wide (it would show narrower than the text, or enlarged and blurred).
+Saves a PNG of each page's first screen under _build/screenshots/.
 """
 from __future__ import annotations
 
@@ -199,8 +199,9 @@ def check_layout(measured: dict | None) -> list[str]:
             continue  # not loaded: reported as a failed request or a broken image
         if image["naturalWidth"] < column:
             problems.append(f"figure image {image['src']} is {image['naturalWidth']} pixels wide, "
-                            f"fewer than the {column:.0f}-pixel column (the browser enlarges "
-                            "it, blurred): draw it wider or at a higher dpi")
+                            f"fewer than the {column:.0f}-pixel column: it shows narrower than "
+                            "the text (and blurred where the browser enlarges it); draw it "
+                            "wider or at a higher dpi (vaetut.plots.book_style())")
     return problems
 
 

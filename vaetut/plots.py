@@ -11,12 +11,15 @@ import torch
 
 from .train import History
 
-# The book's figure style (see `book_style`). At 150 dpi a figure 6 inches wide is 900
-# pixels, about the width of the book's content column, so it is shown at its own size
-# (not enlarged and blurred); fonts of 11 points are then about 23 pixels high on the page.
+# The book's figure style (see `book_style`). The content column is 800 pixels wide at a
+# 1280-pixel window and about 930 at most; at 200 dpi a figure 4.7 inches wide or more has
+# at least that many pixels, so the browser only ever shrinks a figure (sharp, also on a
+# high-density screen) and `make check-html` passes. What the reader sees of a font is its
+# size times column / figure width: 11 points in a 6.4-inch figure show as about 19 pixels,
+# so keep figures at most about 9 inches wide (two panels side by side, not three).
 BOOK_STYLE = {
-    "figure.dpi": 150,          # the inline backend renders at the figure's dpi
-    "savefig.dpi": 150,         # fig.savefig(...) without a dpi
+    "figure.dpi": 200,          # the inline backend renders at the figure's dpi
+    "savefig.dpi": 200,         # fig.savefig(...) without a dpi
     "figure.figsize": (6.4, 4.0),
     "font.size": 11,
     "axes.titlesize": 12,
@@ -35,7 +38,7 @@ def book_style() -> dict:
     """Apply the book's figure style to matplotlib's rcParams and return the values set.
 
     Call it once at the top of a notebook (``vaetut.plots.book_style()``): every figure
-    after it is rendered at 150 dpi with fonts sized to be read at the page's width.
+    after it is rendered at 200 dpi with fonts sized to be read at the page's width.
     Use ``with matplotlib.rc_context(vaetut.plots.BOOK_STYLE):`` to apply it to a block
     only.
 
