@@ -270,3 +270,114 @@ def test_recon_gradient_via_z_equals_the_direct_gradient_and_catches_a_second_pa
     second = (vaetut.objective.log_px_given_z(model, x, z).mean(0) + q_mean.sum(-1)).mean()
     direct = torch.autograd.grad(second, list(model.encoder.mean.parameters()))
     assert (direct[1] - via["encoder.mean.bias"]).abs().max() > 0.5
+
+
+def test_finite_difference_matches_autograd_and_catches_a_wrong_split():
+    model, x = small_model(), batch()
+    eps = G.draw_eps(model, len(x), 2, torch.Generator().manual_seed(3))
+    tg = G.term_gradients(model, x, eps)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    for term in G.TERMS:
+        for name, index in (("encoder.mean.weight", (1, 2)), ("encoder.log_var.bias", (0,)),
+                            ("decoder.net.2.weight", (3, 4))):
+            fd = G.finite_difference(model, x, eps, term, name, index)
+            assert abs(fd - tg.grads[term][name][index].item()) < 1e-7, (term, name)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # restored
+    # at a different eps (a split whose terms saw different z) the reconstruction differs
+    other = G.draw_eps(model, len(x), 2, torch.Generator().manual_seed(4))
+    g = tg.grads["log_px_given_z"]["encoder.mean.weight"]
+    index = tuple(int(i) for i in torch.nonzero(g.abs() == g.abs().max())[0])
+    fd = G.finite_difference(model, x, other, "log_px_given_z", "encoder.mean.weight", index)
+    assert abs(fd - g[index].item()) > 1e-4
+    with pytest.raises(ValueError):
+        G.finite_difference(model, x, eps, "kl", "encoder.mean.weight", (0, 0))
+
+
+def test_projection_shares_add_up_and_see_direction():
+    a, b = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0])
+    shares = G.projection_shares({"a": a, "b": b}, a + b)
+    assert shares == pytest.approx({"a": 9 / 25, "b": 16 / 25})
+    # a part against the total gets a negative share, though its norm ratio is positive
+    shares = G.projection_shares({"a": torch.tensor([2.0]), "b": torch.tensor([-1.0])},
+                                 torch.tensor([1.0]))
+    assert shares == pytest.approx({"a": 2.0, "b": -1.0})
+
+
+def test_adam_first_step_is_torchs_and_depends_on_the_loss_scale_only_near_eps():
+    g = torch.tensor([1.0, -2.0, 3e-9, -5e-8], dtype=torch.float64)
+    for scale in (1.0, 1 / 64):
+        p = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.Adam([p], lr=3e-3)
+        (scale * (p * g).sum()).backward()
+        opt.step()
+        torch.testing.assert_close(p.detach(), G.adam_first_step(scale * g, 3e-3),
+                                   rtol=1e-12, atol=0)
+    big = G.adam_first_step(g, 3e-3) - G.adam_first_step(g / 64, 3e-3)
+    assert big[:2].abs().max() < 1e-8 and big[2:].abs().min() > 1e-4
+
+
+def test_stl_drops_exactly_the_score_term_and_keeps_the_value():
+    model, x = small_model(), batch()
+    eps = G.draw_eps(model, len(x), 3, torch.Generator().manual_seed(5))
+    full, stl = G.elbo_mc_kl(model, x, eps), G.elbo_mc_kl(model, x, eps, stick_the_landing=True)
+    torch.testing.assert_close(full.elbo, stl.elbo, rtol=0, atol=0)
+    # the value against an independent Monte Carlo KL from torch.distributions
+    q_mean, q_log_var = model.encoder(x)
+    q = torch.distributions.Normal(q_mean, (0.5 * q_log_var).exp())
+    z = q_mean + (0.5 * q_log_var).exp() * eps
+    kl_ref = (q.log_prob(z) - torch.distributions.Normal(0.0, 1.0).log_prob(z)).sum(-1).mean(0)
+    torch.testing.assert_close(full.kl_to_prior, kl_ref)
+    # the decoder's gradient is the same with and without the score term
+    dec = list(model.decoder.parameters())
+    for a, b in zip(torch.autograd.grad(full.elbo.mean(), dec, retain_graph=True),
+                    torch.autograd.grad(stl.elbo.mean(), dec, retain_graph=True)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    r = G.mc_kl_encoder_gradients(model, x, 3, torch.Generator().manual_seed(6), n_samples=2)
+    assert r.full.shape == r.stl.shape == r.score.shape == (3, sum(
+        p.numel() for p in model.encoder.parameters()))
+    torch.testing.assert_close(r.full, r.stl + r.score, rtol=1e-10, atol=1e-12)
+    assert r.score.abs().max() > 1e-3
+
+
+@pytest.mark.slow
+def test_score_term_has_mean_zero_and_stl_is_unbiased():
+    model, x = small_model(z_dim=2), batch(n=4)
+    r = G.mc_kl_encoder_gradients(model, x, 600, torch.Generator().manual_seed(7))
+    se = r.score.std(0) / math.sqrt(len(r.score))
+    live = se > 0  # weights from a dead hidden unit get no gradient at all
+    assert live.sum() > 20 and (r.score.mean(0)[live].abs() / se[live]).max() < 4.5
+    assert 0.5 < G.mean_to_noise(r.score) < 2.0
+    assert G.mean_to_noise(r.full) > 20  # the full gradient itself is not zero
+    # the closed-form-KL reparameterization gradient has the same expectation
+    params = list(model.encoder.parameters())
+    gen = torch.Generator().manual_seed(8)
+    cf = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+        G.elbo_terms_at(model, x, G.draw_eps(model, len(x), 1, gen)).elbo.mean(), params)])
+        for _ in range(600)])
+    se = (r.stl.var(0) / len(r.stl) + cf.var(0) / len(cf)).sqrt()
+    assert ((r.stl.mean(0) - cf.mean(0))[live].abs() / se[live]).max() < 4.5
+
+
+def test_mean_to_noise_separates_zero_mean_from_signal():
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(400, 50, generator=g, dtype=torch.float64)
+    assert 0.7 < G.mean_to_noise(noise) < 1.4
+    assert G.mean_to_noise(noise + 0.5) > 20
+
+
+def test_vae_with_exact_posterior_outputs_the_posterior_and_stl_is_zero_there():
+    x = batch("gaussian", 40, 6, seed=2)
+    lg = vaetut.LinearGaussian.from_pca(x, 2)
+    vae = G.vae_with_exact_posterior(lg)
+    q_mean, q_log_var = vae.encoder(x)
+    post_mean, post_cov = lg.posterior(x)
+    torch.testing.assert_close(q_mean, post_mean)
+    torch.testing.assert_close(torch.diag_embed(q_log_var.exp()), post_cov.expand(40, 2, 2))
+    z = torch.randn(5, 40, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    torch.testing.assert_close(vaetut.log_px_given_z(vae, x, z), lg.log_px_given_z(x, z))
+    r = G.mc_kl_encoder_gradients(vae, x, 5, torch.Generator().manual_seed(2))
+    assert r.stl.abs().max() < 1e-10 and r.full.abs().max() > 1e-2
+    rotated = vaetut.LinearGaussian(lg.W @ torch.tensor([[0.6, -0.8], [0.8, 0.6]],
+                                                        dtype=torch.float64), lg.b, lg.noise_var)
+    with pytest.raises(ValueError):
+        G.vae_with_exact_posterior(rotated)

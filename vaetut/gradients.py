@@ -11,19 +11,25 @@ apart: the gradient of each term with respect to the encoder's (phi) and the dec
 (`record_backward_order`); objectives with one path of the graph cut, usable as
 `vaetut.fit(..., objective=...)`; and the score-function (REINFORCE, Williams 1992)
 estimator of the encoder's gradient next to the reparameterization estimator
-(`encoder_gradient`), to compare their variances (Mohamed et al. 2020).
+(`encoder_gradient`), to compare their variances (Mohamed et al. 2020); the ELBO with a
+Monte Carlo KL and its "sticking the landing" gradient, which drops the zero-mean score
+term (Roeder, Wu and Duvenaud 2017; `elbo_mc_kl`, `mc_kl_encoder_gradients`); and small
+independent checks (`finite_difference`, `projection_shares`, `adam_first_step`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
 from torch import nn
 
 from .model import VAE
 from .objective import (ELBO, check_input, kl_to_prior, log_diag_normal, log_px_given_z,
-                        reparameterize)
+                        log_standard_normal, reparameterize)
+
+if TYPE_CHECKING:
+    from .exact import LinearGaussian
 
 TERMS = ("log_px_given_z", "kl_to_prior", "elbo")
 
@@ -362,3 +368,140 @@ def draw_graph(order: list[str], ax=None):
     ax.set_ylim(-1.3, 3.0)
     ax.set_axis_off()
     return ax
+
+
+# ---- independent checks of a gradient -------------------------------------------------
+
+def finite_difference(model: VAE, x: torch.Tensor, eps: torch.Tensor, term: str, name: str,
+                      index: tuple[int, ...], h: float = 1e-6) -> float:
+    """The central difference (f(w + h) - f(w - h)) / 2h of the batch mean of one term
+    (one of TERMS) of `elbo_terms_at(model, x, eps)` with respect to one entry `index` of
+    the parameter `name`, all else fixed: a derivative that uses no autograd.
+
+    Use a float64 model (float32 round-off swamps the difference at small h). The entry
+    is restored afterwards.
+    """
+    if term not in TERMS:
+        raise ValueError(f"term must be one of {TERMS}, got {term!r}")
+    param = dict(model.named_parameters())[name]
+    values = []
+    with torch.no_grad():
+        old = param[index].item()
+        try:
+            for w in (old + h, old - h):
+                param[index] = w
+                values.append(float(getattr(elbo_terms_at(model, x, eps), term).mean()))
+        finally:
+            param[index] = old
+    return (values[0] - values[1]) / (2 * h)
+
+
+def projection_shares(parts: dict[str, torch.Tensor], total: torch.Tensor) -> dict[str, float]:
+    """How much of `total` each of `parts` (tensors that add up to it) accounts for along
+    total's own direction: <part, total> / |total|^2. The shares add up to 1 when the
+    parts add up to total; a part orthogonal to total gets 0, one against it a negative
+    share. (A ratio of norms, |part| / |total|, is not a share: it ignores direction.)"""
+    t = total.double().reshape(-1)
+    return {k: float(p.double().reshape(-1) @ t / (t @ t)) for k, p in parts.items()}
+
+
+def adam_first_step(grad: torch.Tensor, lr: float, eps: float = 1e-8) -> torch.Tensor:
+    """The change of a parameter in Adam's first step from zero moments (Kingma and Ba
+    2015): after bias correction m_hat = g and v_hat = g^2, so the step is
+    -lr * g / (|g| + eps), about -lr * sign(g) wherever |g| >> eps. Multiplying the loss
+    by a constant c gives -lr * g / (|g| + eps / c): only entries with |g| near eps / c
+    step differently."""
+    return -lr * grad / (grad.abs() + eps)
+
+
+# ---- a Monte Carlo KL and sticking the landing (Roeder, Wu and Duvenaud 2017) ----------
+
+def elbo_mc_kl(model: VAE, x: torch.Tensor, eps: torch.Tensor,
+               stick_the_landing: bool = False) -> ELBO:
+    """The ELBO with the KL to the prior estimated by Monte Carlo at noise eps (S, B, z_dim):
+
+        ELBO_hat = (1/S) sum_s [ log p(x|z_s) + log p(z_s) - log q_phi(z_s|x) ],
+        z_s = mu_phi(x) + sigma_phi(x) * eps_s,
+
+    per example (B,). Its gradient in phi has three parts: the path through z in
+    log p(x, z), the path through z in -log q, and the score term
+    -grad_phi log q_phi(z|x) with z held fixed, whose expectation under q is zero.
+    stick_the_landing drops the score term, by evaluating log q with detached copies of
+    mu and log sigma^2 (z itself is not detached): the "sticking the landing" estimator,
+    unbiased for the same gradient, and exactly zero for every eps when q is the exact
+    posterior, since then log p(x, z) - log q(z|x) = log p(x) does not depend on z.
+    The value is the same either way.
+    """
+    check_input(model, x)
+    q_mean, q_log_var = model.encoder(x)
+    z = q_mean + torch.exp(0.5 * q_log_var) * eps  # (S, B, z_dim)
+    q_params = (q_mean.detach(), q_log_var.detach()) if stick_the_landing else (q_mean, q_log_var)
+    recon = log_px_given_z(model, x, z).mean(0)  # (B,)
+    kl = (log_diag_normal(z, *q_params) - log_standard_normal(z)).mean(0)  # (B,)
+    return ELBO(recon - kl, recon, kl)
+
+
+class MCKLGradients(NamedTuple):
+    """n_repeats independent one-draw estimates of the gradient of the batch-mean ELBO
+    with respect to the encoder's parameters, each (n_repeats, P) in float64."""
+
+    full: torch.Tensor  # all three parts (`elbo_mc_kl`)
+    stl: torch.Tensor  # the score term dropped (`elbo_mc_kl(..., stick_the_landing=True)`)
+    score: torch.Tensor  # the dropped term alone: -grad_phi mean log q(z|x), z fixed
+
+
+def mc_kl_encoder_gradients(model: VAE, x: torch.Tensor, n_repeats: int,
+                            generator: torch.Generator | None = None,
+                            n_samples: int = 1) -> MCKLGradients:
+    """For each of n_repeats fresh eps (n_samples draws per example): the encoder's
+    gradient of the Monte Carlo-KL ELBO in full, with sticking the landing, and the score
+    term that sticking the landing drops, computed on its own (so full = stl + score is a
+    check, not a definition)."""
+    params = [p for p in model.encoder.parameters() if p.requires_grad]
+
+    def flat(scalar):
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(scalar, params)]).double()
+
+    rows: dict[str, list[torch.Tensor]] = {"full": [], "stl": [], "score": []}
+    for _ in range(n_repeats):
+        eps = draw_eps(model, len(x), n_samples, generator)
+        rows["full"].append(flat(elbo_mc_kl(model, x, eps).elbo.mean()))
+        rows["stl"].append(flat(elbo_mc_kl(model, x, eps, stick_the_landing=True).elbo.mean()))
+        q_mean, q_log_var = model.encoder(x)
+        z = (q_mean + torch.exp(0.5 * q_log_var) * eps).detach()
+        rows["score"].append(flat(-log_diag_normal(z, q_mean, q_log_var).mean(0).mean()))
+    return MCKLGradients(*(torch.stack(rows[k]) for k in MCKLGradients._fields))
+
+
+def mean_to_noise(estimates: torch.Tensor) -> float:
+    """|mean|^2 of n independent estimates (rows) divided by what noise alone gives, the
+    trace of their covariance over n: about 1 when the estimates' expectation is zero,
+    much larger when it is not (a squared signal-to-noise ratio of the average)."""
+    n = len(estimates)
+    return float(estimates.mean(0).pow(2).sum() / (estimates.var(0).sum() / n))
+
+
+def vae_with_exact_posterior(model: LinearGaussian) -> VAE:
+    """A float64 VAE equal to a linear-Gaussian model whose encoder outputs its exact
+    posterior: decoder p(x|z) = N(W z + b, noise_var I), linear encoder with
+    mean M^{-1} W^T (x - b) and constant log-variance log diag(noise_var M^{-1}),
+    M = W^T W + noise_var I. The posterior covariance is diagonal only when W^T W is,
+    as for `LinearGaussian.from_pca`'s W; otherwise ValueError."""
+    W, b, noise_var = (t.detach().double() for t in (model.W, model.b, model.noise_var))
+    d, k = W.shape
+    m = W.T @ W + noise_var * torch.eye(k, dtype=torch.float64)
+    off = m - torch.diag(m.diagonal())
+    if off.abs().max() > 1e-10 * m.diagonal().abs().max():
+        raise ValueError("W^T W is not diagonal, so the exact posterior is not a diagonal "
+                         "Gaussian that the VAE's encoder could output")
+    m_inv = torch.diag(1.0 / m.diagonal())
+    vae = VAE(d, k, (), "gaussian").double()
+    with torch.no_grad():
+        vae.encoder.mean.weight.copy_(m_inv @ W.T)
+        vae.encoder.mean.bias.copy_(-(m_inv @ W.T) @ b)
+        vae.encoder.log_var.weight.zero_()
+        vae.encoder.log_var.bias.copy_((noise_var * m_inv.diagonal()).log())
+        vae.decoder.net[0].weight.copy_(W)
+        vae.decoder.net[0].bias.copy_(b)
+        vae.decoder.log_var.fill_(float(noise_var.log()))
+    return vae
