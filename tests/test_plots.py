@@ -171,8 +171,9 @@ def test_book_style_sets_the_figure_resolution_and_font_sizes():
     with mpl.rc_context():
         mpl.rcdefaults()
         assert mpl.rcParams["figure.dpi"] == 100  # matplotlib's default, before
-        values = plots.book_style()
-        assert values == plots.BOOK_STYLE
+        assert plots.book_style() is None  # a notebook cell ending with the call shows nothing
+        assert all(mpl.rcParams[k] == (list(v) if isinstance(v, tuple) else v)
+                   for k, v in plots.BOOK_STYLE.items())
         assert mpl.rcParams["figure.dpi"] == 200 and mpl.rcParams["savefig.dpi"] == 200
         assert mpl.rcParams["font.size"] == 11 and mpl.rcParams["axes.labelsize"] == 11
         assert mpl.rcParams["legend.fontsize"] == 10

@@ -34,21 +34,15 @@ BOOK_STYLE = {
 }
 
 
-def book_style() -> dict:
-    """Apply the book's figure style to matplotlib's rcParams and return the values set.
+def book_style() -> None:
+    """Apply the book's figure style (`BOOK_STYLE`) to matplotlib's rcParams.
 
     Call it once at the top of a notebook (``vaetut.plots.book_style()``): every figure
-    after it is rendered at 200 dpi with fonts sized to be read at the page's width.
-    Use ``with matplotlib.rc_context(vaetut.plots.BOOK_STYLE):`` to apply it to a block
-    only.
-
-    Returns
-    -------
-    dict
-        The rcParams names and the values set (a copy of `BOOK_STYLE`).
+    after it is rendered at 200 dpi with fonts sized to be read at the page's width. It
+    returns nothing, so as a cell's last line it prints nothing. Use
+    ``with matplotlib.rc_context(vaetut.plots.BOOK_STYLE):`` to apply it to a block only.
     """
     mpl.rcParams.update(BOOK_STYLE)
-    return dict(BOOK_STYLE)
 
 
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], n_cols: int = 10,
