@@ -244,12 +244,10 @@ def train(args: argparse.Namespace) -> int:
         atomic_write(history_path, history.to_json)
         model.cpu().eval()
         x = dataset.test[:10]
-        fig, axes = plt.subplots(3, 1, figsize=(6, 2.2))
-        plots.image_grid(x, dataset.image_shape, ax=axes[0], title="test images")
-        plots.image_grid(model.reconstruct(x), dataset.image_shape, ax=axes[1],
-                         title="reconstructions")
-        plots.image_grid(model.sample(10, torch.Generator().manual_seed(args.seed)),
-                         dataset.image_shape, ax=axes[2], title="samples from the prior")
+        fig = plots.image_rows({  # titled rows that never touch the row above
+            "test images": x, "reconstructions": model.reconstruct(x),
+            "samples from the prior": model.sample(10, torch.Generator().manual_seed(args.seed)),
+        }, dataset.image_shape)
         samples_path = os.path.join(args.out, "samples.png")
         atomic_write(samples_path, lambda tmp: fig.savefig(tmp, format="png", dpi=120,
                                                            bbox_inches="tight"))
