@@ -192,3 +192,30 @@ def test_rate_split_adds_up_and_reaches_its_limits():
         model.encoder.log_var.bias.fill_(-12.0)
     split = dg.rate_split(model, x, 16, gen(6))
     assert split.mutual_information == pytest.approx(math.log(30), abs=0.05)
+
+
+def test_batch_kl_trace_records_each_step_and_leaves_the_run_unchanged():
+    x = torch.rand(50, 12, generator=gen(8))
+    runs = {}
+    for traced in (False, True):
+        torch.manual_seed(0)
+        model = vaetut.VAE(12, 3, hidden=(8,))
+        objective = dg.BetaELBO(beta=2.0, free_bits=0.1)
+        if traced:
+            objective = dg.BatchKLTrace(objective)
+        history = vaetut.fit(model, x, epochs=3, batch_size=20, device="cpu", progress=False,
+                             objective=objective)
+        runs[traced] = (model, history, objective)
+    (m0, h0, _), (m1, h1, tracer) = runs[False], runs[True]
+    assert h0.records == h1.records  # the trace changes nothing in the run
+    for a, b in zip(m0.parameters(), m1.parameters()):
+        assert torch.equal(a, b)
+    trace = tracer.trace()
+    assert trace.shape == (3 * 3, 3)  # 3 epochs of ceil(50 / 20) = 3 steps, 3 dimensions
+    # the last record is the last batch's KL per dimension under the weights before the last
+    # step; recompute it for a fresh batch directly
+    out = tracer(m1, x[:7], 1, gen(1))
+    torch.testing.assert_close(tracer.kl[-1], dg.kl_per_dimension(m1, x[:7]))
+    ref = dg.BetaELBO(beta=2.0, free_bits=0.1)(m1, x[:7], 1, gen(1))
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b)

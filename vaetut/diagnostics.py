@@ -2,7 +2,8 @@
 
 Measurements: the KL to the prior per latent dimension (`kl_per_dimension`) and the
 active units of Burda, Grosse and Salakhutdinov (2015): dimension j is active when
-Cov_x(E_q[z_j]) > 0.01 (`active_units`), i.e. when the encoder's mean moves with x.
+Cov_x(E_q[z_j]) > 0.01 (`active_units`), i.e. when the encoder's mean moves with x; and
+the batch-mean KL per dimension at every training step (`BatchKLTrace`).
 
 Objectives usable as `vaetut.fit(..., objective=...)`; each returns a vaetut.ELBO whose
 `elbo` field is the quantity maximized (the other two fields are the plain ELBO terms,
@@ -70,6 +71,33 @@ def active_units(model: VAE, x: torch.Tensor, threshold: float = 0.01) -> Active
     q_mean, _ = model.encoder(x)
     variance = q_mean.var(0, unbiased=False)
     return ActiveUnits(int((variance > threshold).sum()), variance)
+
+
+class BatchKLTrace:
+    """An objective that records what the optimizer sees: it calls `objective` and
+    appends, at each call (each training step of `fit`), the batch mean of
+    KL(q(z_j|x) || p(z_j)) for each dimension j, a (z_dim,) tensor, to `self.kl`.
+    The objective's value and gradient are unchanged (the record is computed without
+    gradient and draws no random numbers). Use it on the CPU or with cuda_graph=False:
+    a replayed CUDA graph does not call Python.
+
+    `trace()` stacks the records into (steps, z_dim)."""
+
+    def __init__(self, objective):
+        self.objective = objective
+        self.kl: list[torch.Tensor] = []
+
+    def __call__(self, model: VAE, x: torch.Tensor, n_samples: int = 1,
+                 generator: torch.Generator | None = None, validate: bool = True) -> ELBO:
+        out = self.objective(model, x, n_samples, generator, validate)
+        with torch.no_grad():
+            q_mean, q_log_var = model.encoder(x)
+            self.kl.append(kl_per_dimension_terms(q_mean, q_log_var).mean(0).cpu())
+        return out
+
+    def trace(self) -> torch.Tensor:
+        """The recorded batch-mean KL per dimension, (steps, z_dim), in nats."""
+        return torch.stack(self.kl)
 
 
 # ----- objectives ------------------------------------------------------------------------
