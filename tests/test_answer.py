@@ -129,3 +129,46 @@ def test_draw_climb_draws_the_curves_and_the_path(ml, grey):
     assert labels[:3] == [r"$\log p_\theta(x)$", "ELBO, q of step 1", "ELBO, q of step 3"]
     assert len(ax.texts) == len(climb.s) - 1  # one arrow per step
     plt.close(fig)
+
+
+def test_scale_gradient_split_against_finite_differences(ml, grey):
+    q_mean, q_cov = torch.zeros(len(grey), 2, dtype=DTYPE), torch.eye(2, dtype=DTYPE)  # q = prior
+    s, h = 0.3, 1e-5
+    split = A.scale_gradient_split(ml, grey, s, q_mean, q_cov)
+    log_px, elbo = A.bound_slice(ml, grey, torch.tensor([s - h, s + h], dtype=DTYPE), q_mean, q_cov)
+    assert split.d_elbo == pytest.approx(float(elbo[1] - elbo[0]) / (2 * h), rel=1e-6)
+    assert split.d_log_px == pytest.approx(float(log_px[1] - log_px[0]) / (2 * h), rel=1e-6)
+    # three closed forms, one identity: the ELBO's slope is log p's minus the gap's
+    assert split.d_elbo == pytest.approx(split.d_log_px + split.minus_d_gap, rel=1e-9, abs=1e-9)
+    # at q = prior the gap grows with s (W = 0 makes the posterior the prior)
+    assert split.minus_d_gap < -1.0
+    # at a q that is the posterior of theta(s) the gap's slope is zero (tangency)
+    at_post = A.scale_gradient_split(ml, grey, s, *A.scaled(ml, s).posterior(grey))
+    assert abs(at_post.minus_d_gap) < 1e-8 and at_post.d_log_px > 1.0
+
+
+def test_joint_kl_identity_on_a_random_model_against_monte_carlo():
+    g = torch.Generator().manual_seed(0)
+    d, k = 5, 2
+    model = LinearGaussian(torch.randn(d, k, dtype=DTYPE, generator=g),
+                           torch.randn(d, dtype=DTYPE, generator=g), torch.tensor(0.3, dtype=DTYPE))
+    a = torch.randn(d, d, dtype=DTYPE, generator=g)
+    data_mean, data_cov = torch.randn(d, dtype=DTYPE, generator=g), a @ a.T / d + 0.2 * torch.eye(d, dtype=DTYPE)
+    enc_A = 0.3 * torch.randn(k, d, dtype=DTYPE, generator=g)
+    enc_c = torch.randn(k, dtype=DTYPE, generator=g)
+    q_cov = torch.tensor([[0.4, 0.1], [0.1, 0.2]], dtype=DTYPE)
+    r = A.joint_kl_identity(model, data_mean, data_cov, enc_A, enc_c, q_cov)
+    assert r.expected_elbo == pytest.approx(-r.joint_kl - r.data_entropy, rel=1e-10)
+    assert r.joint_kl == pytest.approx(r.marginal_kl + r.expected_gap, rel=1e-10)
+    assert r.expected_gap > 0.1 and r.marginal_kl > 0.1  # neither side trivially zero
+    # the expectation over p_D by plain Monte Carlo (no sigma points)
+    gen = torch.Generator().manual_seed(1)
+    chol = torch.linalg.cholesky(data_cov)
+    x = data_mean + torch.randn(100_000, d, dtype=DTYPE, generator=gen) @ chol.T
+    values = model.elbo(x, x @ enc_A.T + enc_c, q_cov)
+    stderr = float(values.std()) / math.sqrt(len(values))
+    assert abs(float(values.mean()) - r.expected_elbo) < 5 * stderr
+    # with q the exact posterior the gap vanishes and the joint KL is the marginal one
+    at_post = A.joint_kl_identity(model, data_mean, data_cov, *model.posterior_map())
+    assert abs(at_post.expected_gap) < 1e-10
+    assert at_post.joint_kl == pytest.approx(at_post.marginal_kl, rel=1e-10)

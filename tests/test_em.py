@@ -72,3 +72,59 @@ def test_joint_ascent_records_every_nth_step_and_the_last():
     assert history.steps == [0, 10, 20, 25] and len(history.log_px) == 4
     _, em_history = em.run_em(start(), x, 3)
     assert em_history.steps == [1, 2, 3]
+
+
+def test_diagonal_encoder_gives_a_diagonal_covariance():
+    enc = em.LinearEncoder(6, 3, diagonal=True)
+    with torch.no_grad():
+        enc.L_raw.copy_(torch.randn(3, 3, dtype=DTYPE, generator=torch.Generator().manual_seed(0)))
+    _, cov = enc(torch.zeros(2, 6, dtype=DTYPE))
+    assert (cov - torch.diag(cov.diagonal())).abs().max() == 0
+    torch.testing.assert_close(cov.diagonal(), (2 * enc.L_raw.diagonal()).exp())
+    _, full = em.LinearEncoder(6, 3)(torch.zeros(2, 6, dtype=DTYPE))
+    assert torch.equal(full, torch.eye(3, dtype=DTYPE))  # both start at q = the prior
+
+
+def test_largest_column_cosine():
+    W = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 2.0]], dtype=DTYPE)
+    assert em.largest_column_cosine(W) == pytest.approx(1 / np.sqrt(2), rel=1e-12)
+    assert em.largest_column_cosine(torch.diag(torch.tensor([1.0, 3.0], dtype=DTYPE))) == 0.0
+
+
+def test_a_diagonal_q_rotates_the_decoder_to_orthogonal_columns_a_full_q_does_not():
+    x = data(n=400, d=6, k=2)
+    ml = LinearGaussian.from_pca(x, 2)
+    angle = torch.tensor(0.6, dtype=DTYPE)
+    rotation = torch.stack([torch.stack([angle.cos(), -angle.sin()]),
+                            torch.stack([angle.sin(), angle.cos()])])
+    start_model = LinearGaussian(ml.W @ rotation, ml.b, ml.noise_var)
+    assert em.largest_column_cosine(start_model.W) > 0.2
+    target = float(ml.log_evidence(x).mean())
+    full, _, h_full = em.run_joint_ascent(start_model, x, 3000, lr=0.03, lr_end=1e-4)
+    diag, enc, h_diag = em.run_joint_ascent(start_model, x, 3000, lr=0.03, lr_end=1e-4,
+                                            diagonal_q=True)
+    assert enc.diagonal
+    assert abs(h_full.log_px[-1] - target) < 1e-3 and abs(h_diag.log_px[-1] - target) < 0.01
+    assert em.largest_column_cosine(diag.W) < 0.08  # the diagonal q's ELBO picked a rotation
+    assert em.largest_column_cosine(full.W) > 0.4  # the full q's left it (nearly) where it was
+
+
+def test_lr_end_schedule_and_its_check():
+    x = data()
+    optim_lrs = []
+    original = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        optim_lrs.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    torch.optim.Adam.step = spy
+    try:
+        em.run_joint_ascent(start(), x, 5, lr=0.01, lr_end=0.002)
+        em.run_joint_ascent(start(), x, 3, lr=0.01)
+    finally:
+        torch.optim.Adam.step = original
+    np.testing.assert_allclose(optim_lrs[:5], [0.01, 0.008, 0.006, 0.004, 0.002], rtol=1e-12)
+    assert optim_lrs[5:] == [0.01] * 3  # by default the rate is constant
+    with pytest.raises(ValueError, match="lr_end"):
+        em.run_joint_ascent(start(), x, 5, lr=0.01, lr_end=0.02)

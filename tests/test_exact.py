@@ -296,3 +296,68 @@ def test_plots_exact_draw():
                               model.kl_to_posterior(xs, means, cov), "t")
     assert [line.get_label() for line in a2.lines] == ["ELBO", r"$\log p(x)$", "ELBO + KL"]
     plt.close(fig)
+
+
+# ----- Gaussians over (x, z): the joint-KL identity ------------------------------------------
+
+def random_gaussian(g, n):
+    a = torch.randn(n, n, dtype=F64, generator=g)
+    return torch.randn(n, dtype=F64, generator=g), a @ a.T / n + 0.1 * torch.eye(n, dtype=F64)
+
+
+def test_gaussian_kl_and_entropy_against_torch_distributions():
+    g = torch.Generator().manual_seed(0)
+    (m0, c0), (m1, c1) = random_gaussian(g, 5), random_gaussian(g, 5)
+    p0, p1 = MultivariateNormal(m0, c0), MultivariateNormal(m1, c1)
+    assert float(vaetut.exact.gaussian_kl(m0, c0, m1, c1)) == pytest.approx(
+        float(kl_divergence(p0, p1)), rel=1e-10)
+    assert float(vaetut.exact.gaussian_kl(m0, c0, m0, c0)) == pytest.approx(0.0, abs=1e-12)
+    assert float(vaetut.exact.gaussian_entropy(c0)) == pytest.approx(float(p0.entropy()), rel=1e-10)
+    with pytest.raises(ValueError, match="two means"):
+        vaetut.exact.gaussian_kl(m0, c0, m1[:4], c1)
+
+
+def test_sigma_points_have_the_moments_and_give_exact_expectations_of_quadratics():
+    g = torch.Generator().manual_seed(1)
+    mean, cov = random_gaussian(g, 4)
+    points = vaetut.exact.sigma_points(mean, cov)
+    assert points.shape == (8, 4)
+    torch.testing.assert_close(points.mean(0), mean, rtol=0, atol=1e-12)
+    centred = points - mean
+    torch.testing.assert_close(centred.T @ centred / len(points), cov, rtol=0, atol=1e-12)
+    # E[x^T Q x] = tr(Q cov) + mean^T Q mean, for a quadratic not built from the points
+    q = torch.randn(4, 4, dtype=F64, generator=g)
+    exact = float(torch.trace(q @ cov) + mean @ q @ mean)
+    assert float(((points @ q) * points).sum(1).mean()) == pytest.approx(exact, rel=1e-10)
+
+
+def test_joint_and_posterior_map_agree_with_the_posterior_by_conditioning():
+    model, g = random_model(2, d=5, k=2)
+    mean, cov = model.joint()
+    d = model.x_dim
+    # conditioning the joint Gaussian on x gives p(z|x): A = C_zx C_xx^{-1}, S = C_zz - A C_xz
+    a_cond = torch.linalg.solve(cov[:d, :d], cov[:d, d:]).T
+    s_cond = cov[d:, d:] - a_cond @ cov[:d, d:]
+    A, c, S = model.posterior_map()
+    torch.testing.assert_close(A, a_cond, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(S, s_cond, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(c, -(a_cond @ mean[:d]), rtol=1e-10, atol=1e-12)
+    x = torch.randn(7, d, dtype=F64, generator=g)
+    post_mean, post_cov = model.posterior(x)
+    torch.testing.assert_close(x @ A.T + c, post_mean, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(S, post_cov, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(cov[:d, :d], model.marginal_cov())
+
+
+def test_data_encoder_joint_against_samples():
+    g = torch.Generator().manual_seed(3)
+    m, sigma = random_gaussian(g, 3)
+    A = torch.randn(2, 3, dtype=F64, generator=g)
+    c = torch.randn(2, dtype=F64, generator=g)
+    S = torch.tensor([[0.5, 0.1], [0.1, 0.3]], dtype=F64)
+    mean, cov = vaetut.exact.data_encoder_joint(m, sigma, A, c, S)
+    x = MultivariateNormal(m, sigma).sample((200_000,))
+    z = x @ A.T + c + MultivariateNormal(torch.zeros(2, dtype=F64), S).sample((200_000,))
+    xz = torch.cat([x, z], 1)
+    torch.testing.assert_close(xz.mean(0), mean, rtol=0, atol=0.03)
+    torch.testing.assert_close(xz.T.cov(), cov, rtol=0, atol=0.05)

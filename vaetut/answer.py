@@ -12,6 +12,10 @@
   steps in turns (coordinate ascent on F(q, theta), Neal and Hinton 1998);
   `joint_ascent_in_scale` takes partial Adam steps on s and on an amortized linear
   encoder at once, from one loss, as a VAE does.
+* The ELBO's theta-gradient is grad log p(x) - grad KL(q || p_theta(z|x)): along s, the two
+  terms at a given q (`scale_gradient_split`), the dip of a joint climb from q = the prior.
+* Averaged over a data distribution p_D, the ELBO is minus a KL between joint distributions
+  over (x, z), less the data's entropy (`joint_kl_identity`, Gaussian p_D, linear q).
 * Wake-sleep's sleep phase fits q by KL(p || q), the ELBO by KL(q || p): for a diagonal
   Gaussian q and a correlated Gaussian posterior the two have different optima
   (`diagonal_q_optima`).
@@ -21,12 +25,14 @@ All exact-model quantities are float64 means over the rows of x, in nats per exa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch.func import functional_call, jvp
 
 from .em import LinearEncoder
-from .exact import DTYPE, LinearGaussian
+from .exact import (DTYPE, LinearGaussian, data_encoder_joint, gaussian_entropy, gaussian_kl,
+                    sigma_points)
 from .gradients import elbo_terms_at
 from .model import VAE
 from .objective import check_count
@@ -209,6 +215,77 @@ def draw_climb(ax, model: LinearGaussian, x: torch.Tensor, climb: ScaleClimb,
     if title:
         ax.set_title(title)
     return ax
+
+
+# ---- the two terms of the ELBO's gradient in theta -------------------------------------------
+
+class GradientSplit(NamedTuple):
+    """Derivatives in s of the means over x, at one s and one q (nats per unit of s):
+    d_log_px = d/ds log p(x), minus_d_gap = -d/ds KL(q || p_theta(s)(z|x)), and d_elbo =
+    d/ds ELBO(theta(s), q), each from its own closed form (log_evidence, kl_to_posterior,
+    elbo); d_elbo = d_log_px + minus_d_gap by the identity (eq-identity)."""
+
+    d_log_px: float
+    minus_d_gap: float
+    d_elbo: float
+
+
+def scale_gradient_split(model: LinearGaussian, x: torch.Tensor, s: float, q_mean: torch.Tensor,
+                         q_cov: torch.Tensor) -> GradientSplit:
+    """The ELBO's gradient in the decoder parameter s split as
+        d/ds ELBO = d/ds log p_theta(s)(x) - d/ds KL(q || p_theta(s)(z|x))
+    for a fixed q = N(q_mean, q_cov), by autograd on each closed form."""
+    x = x.to(DTYPE)
+    q_mean, q_cov = q_mean.detach().to(DTYPE), q_cov.detach().to(DTYPE)
+    scale = torch.tensor(float(s), dtype=DTYPE, requires_grad=True)
+    m = LinearGaussian(scale * model.W.detach(), model.b.detach(), model.noise_var.detach())
+    values = (m.log_evidence(x).mean(), m.kl_to_posterior(x, q_mean, q_cov).mean(),
+              m.elbo(x, q_mean, q_cov).mean())
+    d_log_px, d_gap, d_elbo = (float(torch.autograd.grad(v, scale, retain_graph=True)[0])
+                               for v in values)
+    return GradientSplit(d_log_px, -d_gap, d_elbo)
+
+
+# ---- the joint-KL identity ------------------------------------------------------------------
+
+class JointKL(NamedTuple):
+    """The two sides of E_{p_D}[ELBO] = -KL(p_D(x) q(z|x) || p_theta(x, z)) - H(p_D) and the
+    split of that KL, in nats: expected_elbo and expected_gap (E_{p_D} of the per-x ELBO and
+    of KL(q(z|x) || p_theta(z|x))), joint_kl, data_entropy = H(p_D) and marginal_kl =
+    KL(p_D(x) || p_theta(x))."""
+
+    expected_elbo: float
+    joint_kl: float
+    data_entropy: float
+    marginal_kl: float
+    expected_gap: float
+
+
+def joint_kl_identity(model: LinearGaussian, data_mean: torch.Tensor, data_cov: torch.Tensor,
+                      A: torch.Tensor, c: torch.Tensor, q_cov: torch.Tensor) -> JointKL:
+    """Both sides of the joint-KL identity for a Gaussian data distribution
+    p_D = N(data_mean, data_cov) and a linear encoder q(z|x) = N(A x + c, q_cov), computed
+    independently:
+
+    * E_{p_D}[ELBO(x)] and E_{p_D}[KL(q(z|x) || p_theta(z|x))] from the per-x closed forms
+      (LinearGaussian.elbo, kl_to_posterior) averaged over the sigma points of p_D: both are
+      quadratic in x here, so that average is the exact expectation;
+    * KL(p_D q || p_theta(x, z)) and KL(p_D || p_theta(x)) as KLs between Gaussians over
+      (x, z) and over x (gaussian_kl), and H(p_D) (gaussian_entropy).
+
+    The identity says expected_elbo = -joint_kl - data_entropy, and the chain rule of the KL
+    joint_kl = marginal_kl + expected_gap."""
+    points = sigma_points(data_mean, data_cov)
+    q_mean = points @ A.T + c
+    with torch.no_grad():
+        expected_elbo = model.elbo(points, q_mean, q_cov).mean()
+        expected_gap = model.kl_to_posterior(points, q_mean, q_cov).mean()
+        joint_kl = gaussian_kl(*data_encoder_joint(data_mean, data_cov, A, c, q_cov),
+                               *model.joint())
+        marginal_kl = gaussian_kl(data_mean, data_cov, model.b, model.marginal_cov())
+        entropy = gaussian_entropy(data_cov)
+    return JointKL(float(expected_elbo), float(joint_kl), float(entropy), float(marginal_kl),
+                   float(expected_gap))
 
 
 # ---- wake-sleep's other objective ----------------------------------------------------------

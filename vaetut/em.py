@@ -8,6 +8,12 @@ takes Adam steps on theta and on an amortized linear q(z|x) = N(A x + c, L L^T) 
 once, as a VAE does with its decoder and encoder. Both should reach the maximum
 likelihood solution, which for this model is known in closed form
 (`LinearGaussian.from_pca`).
+
+log p(x) depends on W only through W W^T, so every rotation W R of a maximum is one too.
+The ELBO of a diagonal-covariance q (`run_joint_ascent(diagonal_q=True)`) is not
+rotation-invariant: its gap is zero only where W^T W is diagonal, so joint ascent picks the
+rotation with orthogonal columns (`largest_column_cosine`), while a full-covariance q leaves
+the rotation where it started.
 """
 from __future__ import annotations
 
@@ -80,32 +86,52 @@ def run_em(model: LinearGaussian, x: torch.Tensor, n_iter: int
 class LinearEncoder(torch.nn.Module):
     """An amortized q(z|x) = N(A x + c, L L^T): mean linear in x, one full covariance
     shared by all x (L lower triangular with a positive diagonal). For this model the
-    exact posterior has exactly this form, so q can close the gap."""
+    exact posterior has exactly this form, so q can close the gap.
 
-    def __init__(self, x_dim: int, z_dim: int):
+    With diagonal=True, L is diagonal (its strictly lower part is not used), so q is a
+    diagonal Gaussian, as a VAE's encoder is: it contains the posterior only where the
+    posterior's covariance noise_var (W^T W + noise_var I)^{-1} is diagonal, that is,
+    where the columns of W are orthogonal."""
+
+    def __init__(self, x_dim: int, z_dim: int, diagonal: bool = False):
         super().__init__()
+        self.diagonal = diagonal
         self.A = torch.nn.Parameter(torch.zeros(z_dim, x_dim, dtype=DTYPE))
         self.c = torch.nn.Parameter(torch.zeros(z_dim, dtype=DTYPE))
         self.L_raw = torch.nn.Parameter(torch.zeros(z_dim, z_dim, dtype=DTYPE))  # q = prior
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        L = torch.tril(self.L_raw, -1) + torch.diag(self.L_raw.diagonal().exp())
+        if self.diagonal:
+            L = torch.diag(self.L_raw.diagonal().exp())
+        else:
+            L = torch.tril(self.L_raw, -1) + torch.diag(self.L_raw.diagonal().exp())
         return x @ self.A.T + self.c, L @ L.T  # (N, K), (K, K)
 
 
 def run_joint_ascent(model: LinearGaussian, x: torch.Tensor, n_steps: int, lr: float = 0.01,
-                     record_every: int = 1
+                     record_every: int = 1, diagonal_q: bool = False,
+                     lr_end: float | None = None
                      ) -> tuple[LinearGaussian, LinearEncoder, ClimbHistory]:
     """Adam on theta = (W, b, log noise_var) and on a LinearEncoder at once, maximizing the
     exact mean ELBO over x (full batch). Returns the final model, the encoder and the
     history, recorded before steps 0, record_every, 2 * record_every, ... and at the end
-    (history.steps holds those step numbers)."""
+    (history.steps holds those step numbers).
+
+    diagonal_q=True uses a diagonal-covariance encoder (LinearEncoder(diagonal=True)).
+    With lr_end, the learning rate falls linearly from lr (step 0) to lr_end (the last
+    step), so that the end point is not one of Adam's late spikes; by default it is constant."""
     x = x.to(DTYPE)
     W = model.W.detach().clone().requires_grad_(True)
     b = model.b.detach().clone().requires_grad_(True)
     log_nv = model.noise_var.detach().log().clone().requires_grad_(True)
-    encoder = LinearEncoder(model.x_dim, model.z_dim)
+    encoder = LinearEncoder(model.x_dim, model.z_dim, diagonal=diagonal_q)
     optimizer = torch.optim.Adam([W, b, log_nv, *encoder.parameters()], lr=lr)
+    schedule = None
+    if lr_end is not None:
+        if not 0 < lr_end <= lr:
+            raise ValueError(f"lr_end must lie in (0, lr] = (0, {lr}], got {lr_end}")
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 1 - (1 - lr_end / lr) * min(step, n_steps - 1) / max(1, n_steps - 1))
     history = ClimbHistory()
     for step in range(n_steps + 1):
         current = LinearGaussian(W, b, log_nv.exp())
@@ -119,8 +145,22 @@ def run_joint_ascent(model: LinearGaussian, x: torch.Tensor, n_steps: int, lr: f
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
     final = LinearGaussian(W.detach(), b.detach(), log_nv.detach().exp())
     return final, encoder, history
+
+
+def largest_column_cosine(W: torch.Tensor) -> float:
+    """max_{i != j} |cos angle(w_i, w_j)| over the columns of W, that is, the largest
+    off-diagonal entry of W^T W after scaling it to a unit diagonal,
+    |(W^T W)_ij| / sqrt((W^T W)_ii (W^T W)_jj). Zero exactly when W^T W is diagonal, the
+    decoders whose posterior a diagonal q can equal."""
+    wtw = W.detach().to(DTYPE).T @ W.detach().to(DTYPE)
+    scale = wtw.diagonal().sqrt()
+    cosines = wtw / scale[:, None] / scale[None, :]
+    cosines.fill_diagonal_(0.0)
+    return float(cosines.abs().max())
 
 
 def perturbed(model: LinearGaussian, scale: float, generator: torch.Generator | None = None

@@ -14,6 +14,10 @@ for any Gaussian q(z|x) = N(q_mean, q_cov). All closed forms are plain different
 torch operations on the stored W, b and noise_var (no .item(), no numpy, no detach), in
 float64, so torch.autograd can differentiate them with respect to the model's parameters.
 Shapes: x (N, D), z (..., N, K), q_mean (N, K), q_cov (K, K) or (N, K, K).
+
+For the answer page's joint-KL identity the module also has the Gaussians over the stacked
+(x, z) (`LinearGaussian.joint`, `data_encoder_joint`), the KL and entropy of Gaussians
+(`gaussian_kl`, `gaussian_entropy`) and exact expectations of quadratics (`sigma_points`).
 """
 from __future__ import annotations
 
@@ -239,6 +243,28 @@ class LinearGaussian:
         cov = self.noise_var * torch.cholesky_inverse(chol_m)  # (K, K)
         return mean, 0.5 * (cov + cov.T)
 
+    def posterior_map(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The exact posterior written as a linear encoder: p(z|x) = N(A x + c, S) with
+        A = M^{-1} W^T  (K, D),   c = -A b  (K,),   S = noise_var M^{-1}  (K, K),
+        so that posterior(x) == (x @ A.T + c, S)."""
+        chol_m = self._posterior_precision_factor()
+        A = torch.cholesky_solve(self.W.T, chol_m)  # (K, D)
+        S = self.noise_var * torch.cholesky_inverse(chol_m)
+        return A, -(A @ self.b), 0.5 * (S + S.T)
+
+    def joint(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's joint p(x, z) = p(z) p(x|z), a Gaussian over the stacked vector
+        (x, z) of length D + K::
+
+            mean = (b, 0),   cov = [[W W^T + noise_var I_D,  W  ],
+                                    [W^T,                     I_K]]
+        """
+        d, k = self.x_dim, self.z_dim
+        mean = torch.cat([self.b, torch.zeros(k, dtype=DTYPE)])
+        cov = torch.cat([torch.cat([self.marginal_cov(), self.W], 1),
+                         torch.cat([self.W.T, torch.eye(k, dtype=DTYPE)], 1)], 0)
+        return mean, cov
+
     # ----- the ELBO and the gap -------------------------------------------------------
     def elbo_terms(self, x, q_mean, q_cov) -> ELBOTerms:
         """The exact ELBO of q(z|x) = N(q_mean, q_cov) and its two terms (eq-elbo-practical)::
@@ -302,3 +328,64 @@ class LinearGaussian:
                             + eps.pow(2).sum(-1))
             values = values + self.log_prior(z) - log_q
         return MonteCarloEstimate(values.mean(0), values.std(0) / math.sqrt(n_samples))
+
+
+# ----- Gaussians over (x, z): the joint-KL identity (the answer page) -----------------------
+
+def gaussian_kl(mean0, cov0, mean1, cov1) -> torch.Tensor:
+    """KL(N(mean0, cov0) || N(mean1, cov1)) for two n-dimensional Gaussians (full covariances)::
+
+        1/2 [tr(cov1^{-1} cov0) + (mean1 - mean0)^T cov1^{-1} (mean1 - mean0) - n
+             + log det cov1 - log det cov0]
+    """
+    mean0, cov0 = _as_float64(mean0, "mean0"), _as_float64(cov0, "cov0")
+    mean1, cov1 = _as_float64(mean1, "mean1"), _as_float64(cov1, "cov1")
+    n = mean0.shape[-1]
+    if mean1.shape != mean0.shape or cov0.shape != (n, n) or cov1.shape != (n, n):
+        raise ValueError(f"need two means of shape ({n},) and two covariances ({n}, {n}), got "
+                         f"{tuple(mean0.shape)}, {tuple(cov0.shape)}, {tuple(mean1.shape)}, "
+                         f"{tuple(cov1.shape)}")
+    chol0, chol1 = _cholesky(cov0, "cov0"), _cholesky(cov1, "cov1")
+    trace = torch.cholesky_solve(cov0, chol1).diagonal().sum()
+    maha = torch.linalg.solve_triangular(chol1, (mean1 - mean0)[:, None], upper=False).pow(2).sum()
+    return 0.5 * (trace + maha - n + _logdet_from_cholesky(chol1) - _logdet_from_cholesky(chol0))
+
+
+def gaussian_entropy(cov) -> torch.Tensor:
+    """The differential entropy H(N(mean, cov)) = 1/2 [n (1 + log 2 pi) + log det cov], in
+    nats (negative for a Gaussian narrower than about 0.24 per dimension)."""
+    cov = _as_float64(cov, "cov")
+    return 0.5 * (cov.shape[-1] * (1 + LOG_2PI) + _logdet_from_cholesky(_cholesky(cov, "cov")))
+
+
+def sigma_points(mean, cov) -> torch.Tensor:
+    """2n points x_i = mean +- sqrt(n) L e_i (L L^T = cov), whose empirical mean and
+    covariance (divided by 2n) are exactly mean and cov; shape (2n, n). The mean of any
+    quadratic function of x over these points is therefore its exact expectation under
+    N(mean, cov) (the unscented transform is exact for quadratics)."""
+    mean, cov = _as_float64(mean, "mean"), _as_float64(cov, "cov")
+    n = mean.shape[-1]
+    if mean.shape != (n,) or cov.shape != (n, n):
+        raise ValueError(f"mean must be (n,) and cov (n, n), got {tuple(mean.shape)}, "
+                         f"{tuple(cov.shape)}")
+    spread = math.sqrt(n) * _cholesky(cov, "cov").T  # row i: sqrt(n) L e_i
+    return torch.cat([mean + spread, mean - spread])
+
+
+def data_encoder_joint(data_mean, data_cov, A, c, q_cov) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's joint p_D(x) q(z|x) over the stacked (x, z), for a Gaussian data
+    distribution p_D = N(m, Sigma) and a linear Gaussian encoder q(z|x) = N(A x + c, S)::
+
+        mean = (m, A m + c),   cov = [[Sigma,      Sigma A^T        ],
+                                      [A Sigma,    A Sigma A^T + S  ]]
+    """
+    m, sigma = _as_float64(data_mean, "data_mean"), _as_float64(data_cov, "data_cov")
+    A, c, s = _as_float64(A, "A"), _as_float64(c, "c"), _as_float64(q_cov, "q_cov")
+    k, d = A.shape
+    if m.shape != (d,) or sigma.shape != (d, d) or c.shape != (k,) or s.shape != (k, k):
+        raise ValueError(f"shapes do not fit A {(k, d)}: data_mean {tuple(m.shape)}, data_cov "
+                         f"{tuple(sigma.shape)}, c {tuple(c.shape)}, q_cov {tuple(s.shape)}")
+    mean = torch.cat([m, A @ m + c])
+    cross = A @ sigma  # (K, D)
+    cov = torch.cat([torch.cat([sigma, cross.T], 1), torch.cat([cross, cross @ A.T + s], 1)], 0)
+    return mean, 0.5 * (cov + cov.T)
