@@ -175,3 +175,93 @@ def test_fit_accepts_the_iwae_objective():
                          lr=3e-3, device="cpu", progress=False, n_samples=5,
                          objective=bounds.iwae_objective)
     assert history["train_elbo"][-1] > history["train_elbo"][0] + 1
+
+
+# ----- the IWAE gradient's signal-to-noise ratio ---------------------------------------
+def flat_grads(value, params):
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(value, params)])
+
+
+def test_iwae_gradient_draws_are_the_gradient_fit_differentiates(trained_vae):
+    model, x = trained_vae
+    model.zero_grad(set_to_none=True)  # fit left its last gradients there
+    got = bounds.iwae_gradient_draws(model, x, 7, 2, "iwae", gen(8))
+    g = gen(8)  # the same noise, draw by draw
+    enc, dec = list(model.encoder.parameters()), list(model.decoder.parameters())
+    for row in range(2):
+        value = bounds.iwae_objective(model, x, 7, g).elbo.mean()
+        want = flat_grads(value, enc + dec)
+        torch.testing.assert_close(got.encoder[row], want[:len(got.encoder[row])])
+        torch.testing.assert_close(got.decoder[row], want[len(got.encoder[row]):])
+    assert not torch.equal(got.encoder[0], got.encoder[1])  # fresh noise for each draw
+    for p in model.parameters():
+        assert p.grad is None
+
+
+def test_dreg_changes_only_the_encoders_gradient(trained_vae):
+    model, x = trained_vae
+    iwae = bounds.iwae_gradient_draws(model, x, 5, 3, "iwae", gen(9))
+    dreg = bounds.iwae_gradient_draws(model, x, 5, 3, "dreg", gen(9))
+    torch.testing.assert_close(dreg.decoder, iwae.decoder)  # the decoder's is the same
+    assert (dreg.encoder - iwae.encoder).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="estimator"):
+        bounds.iwae_gradient_draws(model, x, 5, 3, "stl")
+
+
+def test_dreg_is_unbiased_and_a_wrong_weighting_is_not(trained_vae):
+    """DReG's encoder gradient has the IWAE gradient's mean: per parameter, the difference
+    of the two means over independent draws is within its standard error (the squared
+    z-scores average about 1). Weighting the path term by w~ instead of w~^2 (the
+    'sticking the landing' estimator applied to IWAE, which Tucker et al. 2019 show is
+    biased) moves the mean by many standard errors."""
+    model, x = trained_vae
+    x, k, n = x[:10], 10, 3000
+    iwae = bounds.iwae_gradient_draws(model, x, k, n, "iwae", gen(10)).encoder
+    dreg = bounds.iwae_gradient_draws(model, x, k, n, "dreg", gen(11)).encoder
+
+    def mean_squared_z(a, b):
+        se2 = a.var(0) / len(a) + b.var(0) / len(b)
+        keep = se2 > 0
+        return float(((a.mean(0) - b.mean(0))[keep] ** 2 / se2[keep]).mean())
+
+    assert mean_squared_z(iwae, dreg) < 1.3
+    # the biased variant, computed here by hand: sum_i w~_i d log w_i/dz_i dz_i/dphi
+    params, g, rows = list(model.encoder.parameters()), gen(11), []
+    for _ in range(n):
+        q_mean, q_log_var = model.encoder(x)
+        z = vaetut.objective.reparameterize(q_mean, q_log_var, k, g)
+        log_w = (vaetut.objective.log_px_given_z(model, x, z)
+                 + vaetut.objective.log_standard_normal(z)
+                 - vaetut.objective.log_diag_normal(z, q_mean.detach(), q_log_var.detach()))
+        rows.append(flat_grads((torch.softmax(log_w, 0).detach() * log_w).sum(0).mean(),
+                               params))
+    assert mean_squared_z(iwae, torch.stack(rows)) > 3
+
+
+def test_signal_to_noise():
+    draws = torch.tensor([[1.0, 0.0, 2.0], [3.0, 0.0, -2.0], [2.0, 0.0, 0.0]])
+    snr = bounds.signal_to_noise(draws)
+    torch.testing.assert_close(snr[[0, 2]], torch.tensor([2.0 / 1.0, 0.0]))
+    assert torch.isnan(snr[1])  # a gradient that is always 0 has no SNR
+    big = 0.5 + 2.0 * torch.randn(20000, 3, generator=gen(12))
+    torch.testing.assert_close(bounds.signal_to_noise(big), torch.full((3,), 0.25),
+                               atol=0.02, rtol=0)
+    with pytest.raises(ValueError, match="draws"):
+        bounds.signal_to_noise(draws[:1])
+
+
+@pytest.mark.slow
+def test_more_samples_lower_the_encoders_snr_and_raise_the_decoders(trained_vae):
+    """Rainforth et al. 2018: the IWAE gradient's SNR falls like 1/sqrt(k) for the encoder
+    and rises like sqrt(k) for the decoder; DReG's encoder SNR does not fall."""
+    model, x = trained_vae
+    snr = {}
+    for est in bounds.ESTIMATORS:
+        for k in (1, 100):
+            d = bounds.iwae_gradient_draws(model, x, k, 300, est, gen(k))
+            snr[est, k] = [float(torch.nanmedian(bounds.signal_to_noise(g)))
+                           for g in (d.encoder, d.decoder)]
+    assert snr["iwae", 100][0] < 0.6 * snr["iwae", 1][0]
+    assert snr["iwae", 100][1] > 2 * snr["iwae", 1][1]
+    assert snr["dreg", 100][0] > snr["iwae", 100][0] * 2
+    assert snr["dreg", 100][0] > 0.8 * snr["dreg", 1][0]

@@ -11,11 +11,14 @@ training objective for a VAE (`iwae_objective`, for `vaetut.fit(..., objective=.
 The inference gap log p(x) - ELBO(encoder's q) splits into two parts (Cremer, Li and
 Duvenaud 2018):
 
-    approximation gap = log p(x) - ELBO(q*)          q* the best Gaussian q for this x
+    approximation gap = log p(x) - ELBO(q*)   q* the best *diagonal* Gaussian q for this x
     amortization gap  = ELBO(q*) - ELBO(encoder's q)
 
-`optimize_q` finds q* per example by gradient ascent on the ELBO, starting from the
-encoder's output, with the decoder held fixed.
+(the encoder's q is a diagonal Gaussian too, so the amortization gap is >= 0 and the
+approximation gap is the price of the diagonal family). `optimize_q` finds q* per example
+by gradient ascent on the ELBO, starting from the encoder's output, with the decoder held
+fixed. `iwae_gradient_draws` and `signal_to_noise` measure how noisy the IWAE gradient
+is for the encoder and the decoder (Rainforth et al. 2018; Tucker et al. 2019).
 """
 from __future__ import annotations
 
@@ -169,3 +172,77 @@ def optimize_q(model: VAE | LinearGaussian, x: torch.Tensor, steps: int = 300,
     with torch.no_grad():
         final = elbo_of_q(model, x, m, v, eps).elbo
     return OptimizedQ(m.detach(), v.detach(), final, elbo_start)
+
+
+# ----- the gradient's signal-to-noise ratio (Rainforth et al. 2018) ------------------
+ESTIMATORS = ("iwae", "dreg")
+
+
+class GradientDraws(NamedTuple):
+    """Independent draws of a stochastic gradient, one row per draw: `encoder` (n_draws,
+    number of encoder parameters) and `decoder` (n_draws, number of decoder parameters),
+    each parameter tensor flattened in `model.encoder.parameters()` order (resp. decoder)."""
+
+    encoder: torch.Tensor
+    decoder: torch.Tensor
+
+
+def iwae_gradient_draws(model: VAE, x: torch.Tensor, k: int, n_draws: int,
+                        estimator: str = "iwae",
+                        generator: torch.Generator | None = None) -> GradientDraws:
+    """`n_draws` independent estimates of the gradient of the batch mean of IWAE_k(x)
+    with respect to the encoder's parameters phi and the decoder's theta, each from k
+    fresh reparameterized draws z_i = mu_phi(x) + sigma_phi(x) * eps_i per example.
+
+    With log w_i = log p_theta(x, z_i) - log q_phi(z_i|x) and normalized weights
+    w~_i = w_i / sum_j w_j, the two estimators of the encoder's gradient are
+
+        "iwae":  sum_i w~_i   d/dphi log w_i(z_i(phi), phi)        (what fit differentiates)
+        "dreg":  sum_i w~_i^2 (d log w_i / d z_i) (d z_i / d phi)   (Tucker et al. 2019)
+
+    "dreg", the doubly reparameterized estimator, drops the score term d/dphi log q_phi(z)
+    at fixed z (zero mean) and reweights the remaining path term; it has the same
+    expectation. The decoder's gradient is sum_i w~_i d/dtheta log p_theta(x, z_i) for both.
+    The model's .grad fields are not touched.
+    """
+    check_input(model, x)
+    check_count("k", k)
+    check_count("n_draws", n_draws)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    enc_params = list(model.encoder.parameters())
+    dec_params = list(model.decoder.parameters())
+    enc_rows, dec_rows = [], []
+    for _ in range(n_draws):
+        q_mean, q_log_var = model.encoder(x)
+        z = reparameterize(q_mean, q_log_var, k, generator)  # (k, B, z_dim)
+        log_joint = log_px_given_z(model, x, z) + log_standard_normal(z)
+        if estimator == "iwae":
+            log_w = log_joint - log_diag_normal(z, q_mean, q_log_var)
+            iwae = (torch.logsumexp(log_w, 0) - math.log(k)).mean()
+            grads = torch.autograd.grad(iwae, enc_params + dec_params)
+            g_enc, g_dec = grads[:len(enc_params)], grads[len(enc_params):]
+        else:
+            # q's parameters enter log w only through z: the score term is cut
+            log_w = log_joint - log_diag_normal(z, q_mean.detach(), q_log_var.detach())
+            w_norm = torch.softmax(log_w, 0).detach()
+            surrogate = (w_norm.pow(2) * log_w).sum(0).mean()
+            iwae = (torch.logsumexp(log_w, 0) - math.log(k)).mean()
+            g_enc = torch.autograd.grad(surrogate, enc_params, retain_graph=True)
+            g_dec = torch.autograd.grad(iwae, dec_params)
+        enc_rows.append(torch.cat([g.reshape(-1) for g in g_enc]))
+        dec_rows.append(torch.cat([g.reshape(-1) for g in g_dec]))
+    return GradientDraws(torch.stack(enc_rows), torch.stack(dec_rows))
+
+
+def signal_to_noise(draws: torch.Tensor) -> torch.Tensor:
+    """Per-parameter signal-to-noise ratio of a stochastic gradient from its draws
+    (n_draws, P): SNR_j = |mean_s g_sj| / sd_s(g_sj) (Rainforth et al. 2018), with
+    the unbiased standard deviation. With n draws of a gradient whose true mean is zero
+    the estimate is still about 0.8 / sqrt(n) (the noise in the mean), so only SNRs well
+    above that are measured. A parameter whose draws are all equal (the gradient of a
+    dead ReLU unit is exactly 0) has no SNR: nan, which `torch.nanmedian` skips."""
+    if draws.dim() != 2 or len(draws) < 2:
+        raise ValueError(f"draws must have shape (n_draws >= 2, P), got {tuple(draws.shape)}")
+    sd = draws.std(0)
+    return torch.where(sd > 0, draws.mean(0).abs() / sd, torch.nan)
