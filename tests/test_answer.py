@@ -153,7 +153,8 @@ def test_joint_kl_identity_on_a_random_model_against_monte_carlo():
     model = LinearGaussian(torch.randn(d, k, dtype=DTYPE, generator=g),
                            torch.randn(d, dtype=DTYPE, generator=g), torch.tensor(0.3, dtype=DTYPE))
     a = torch.randn(d, d, dtype=DTYPE, generator=g)
-    data_mean, data_cov = torch.randn(d, dtype=DTYPE, generator=g), a @ a.T / d + 0.2 * torch.eye(d, dtype=DTYPE)
+    data_mean = torch.randn(d, dtype=DTYPE, generator=g)
+    data_cov = a @ a.T / d + 0.2 * torch.eye(d, dtype=DTYPE)
     enc_A = 0.3 * torch.randn(k, d, dtype=DTYPE, generator=g)
     enc_c = torch.randn(k, dtype=DTYPE, generator=g)
     q_cov = torch.tensor([[0.4, 0.1], [0.1, 0.2]], dtype=DTYPE)

@@ -130,8 +130,9 @@ def run_joint_ascent(model: LinearGaussian, x: torch.Tensor, n_steps: int, lr: f
     if lr_end is not None:
         if not 0 < lr_end <= lr:
             raise ValueError(f"lr_end must lie in (0, lr] = (0, {lr}], got {lr_end}")
+        last = max(1, n_steps - 1)
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 1 - (1 - lr_end / lr) * min(step, n_steps - 1) / max(1, n_steps - 1))
+            optimizer, lambda step: 1 - (1 - lr_end / lr) * min(step, last) / last)
     history = ClimbHistory()
     for step in range(n_steps + 1):
         current = LinearGaussian(W, b, log_nv.exp())
