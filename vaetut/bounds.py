@@ -237,7 +237,7 @@ def iwae_gradient_draws(model: VAE, x: torch.Tensor, k: int, n_draws: int,
 
 def signal_to_noise(draws: torch.Tensor) -> torch.Tensor:
     """Per-parameter signal-to-noise ratio of a stochastic gradient from its draws
-    (n_draws, P): SNR_j = |mean_s g_sj| / sd_s(g_sj) (Rainforth et al. 2018), with
+    (n_draws, P): ``SNR_j = abs(mean_s g_sj) / sd_s(g_sj)`` (Rainforth et al. 2018), with
     the unbiased standard deviation. With n draws of a gradient whose true mean is zero
     the estimate is still about 0.8 / sqrt(n) (the noise in the mean), so only SNRs well
     above that are measured. A parameter whose draws are all equal (the gradient of a
