@@ -1,4 +1,5 @@
-"""fit's fast paths (fused_adam, check_every, compile) give the plain loop's results."""
+"""fit's fast paths (fused_adam, check_every, compile) give the plain loop's results, and
+the default step on the CPU is the fused Adam kernel."""
 import pytest
 import torch
 
@@ -21,12 +22,26 @@ def max_record_diff(h1, h2):
 
 @pytest.fixture(scope="module")
 def plain(digits):
-    return run(digits)
+    return run(digits, fused_adam=False)  # the per-parameter Adam loop
+
+
+def test_the_default_on_the_cpu_is_the_fused_adam_kernel(digits, monkeypatch):
+    seen = []
+    original = torch.optim.Adam.__init__
+
+    def spy(self, params, *args, **kwargs):
+        seen.append(kwargs.get("fused"))
+        original(self, params, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "__init__", spy)
+    run(digits, epochs=1)
+    run(digits, epochs=1, fused_adam=False)
+    assert seen == [True, None]  # None: torch's own choice, the for-loop on the CPU
 
 
 @pytest.mark.parametrize("check_every", [5, STEPS, 1000])
 def test_check_every_is_bit_identical_to_the_per_step_check(digits, plain, check_every):
-    model, history = run(digits, check_every=check_every)
+    model, history = run(digits, check_every=check_every, fused_adam=False)
     assert history.records == plain[1].records
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), plain[0].parameters()))
 

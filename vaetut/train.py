@@ -215,7 +215,7 @@ def fit(model: VAE, train: torch.Tensor, test: torch.Tensor | None = None, *, ep
     fused_adam : bool or str
         Adam's fused kernel, one pass over each parameter ("auto": on the CPU, where it is
         the fastest step; elsewhere torch's default). Equal to the plain Adam loop
-        (False) within float rounding, not bit for bit.
+        (False) within float rounding (bit for bit in some runs, not in general).
     check_every : int
         Test the loss for NaN/inf every this many steps (results unchanged).
     compile : bool or str
