@@ -67,7 +67,10 @@ MAKE = shutil.which("make")
 
 @pytest.mark.skipif(MAKE is None, reason="no make")
 def test_make_lab_starts_as_root_hides_the_build_files_and_passes_lab_args():
-    out = subprocess.run([MAKE, "-n", "lab", "LAB_ARGS=--no-browser --port 8899"], cwd=ROOT,
+    # --no-print-directory: under `make test` this make is a sub-make, which would print
+    # "Leaving directory" after the command
+    out = subprocess.run([MAKE, "--no-print-directory", "-n", "lab",
+                          "LAB_ARGS=--no-browser --port 8899"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60, check=True).stdout
     command = out[out.index("jupyter lab book"):]
     assert ("--allow-root" in command) == (os.geteuid() == 0)
