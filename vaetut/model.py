@@ -55,7 +55,8 @@ def _mlp(sizes: Sequence[int]) -> nn.Sequential:
 
 
 class Encoder(nn.Module):
-    """x -> (q_mean, q_log_var): the diagonal Gaussian q_phi(z|x) = N(q_mean, diag(exp(q_log_var)))."""
+    """x -> (q_mean, q_log_var): the diagonal Gaussian
+    q_phi(z|x) = N(q_mean, diag(exp(q_log_var)))."""
 
     def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int]):
         super().__init__()

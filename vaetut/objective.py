@@ -58,7 +58,8 @@ def reparameterize(q_mean: torch.Tensor, q_log_var: torch.Tensor, n_samples: int
         eps = torch.randn((n_samples, *q_mean.shape), dtype=q_mean.dtype, device=q_mean.device,
                           generator=generator)
     elif eps.shape != (n_samples, *q_mean.shape):
-        raise ValueError(f"eps must have shape {(n_samples, *q_mean.shape)}, got {tuple(eps.shape)}")
+        raise ValueError(f"eps must have shape {(n_samples, *q_mean.shape)}, "
+                         f"got {tuple(eps.shape)}")
     return q_mean + torch.exp(0.5 * q_log_var) * eps
 
 
