@@ -20,6 +20,7 @@ Run it after `make notebooks`, on the outputs it made: the stored outputs are th
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import math
@@ -72,11 +73,13 @@ def _sanitizer():
 def cell_spread(stored_outputs, runs_outputs, flatten, numbers_in, split):
     """{kind: [[spread per number] per output]} over the runs, or raise ValueError saying
     how a run's text differs beyond its numbers."""
-    ref = flatten(coalesce_streams(stored_outputs))
+    # nbval's coalesce_streams merges streams in place: work on copies, or the stored
+    # notebook written back afterwards would hold the merged text twice
+    ref = flatten(coalesce_streams(copy.deepcopy(stored_outputs)))
     spread = {kind: [[0.0] * len(numbers_in(v)) if isinstance(v, str) else []
                      for v in values] for kind, values in ref.items()}
     for name, outputs in runs_outputs.items():
-        fresh = flatten(coalesce_streams(outputs))
+        fresh = flatten(coalesce_streams(copy.deepcopy(outputs)))
         if fresh.keys() != ref.keys() or any(len(fresh[k]) != len(ref[k]) for k in ref):
             raise ValueError(f"{name}: other output kinds or counts "
                              f"({sorted(fresh)} against {sorted(ref)})")
