@@ -25,7 +25,9 @@ def plain(digits):
     return run(digits, fused_adam=False)  # the per-parameter Adam loop
 
 
-def test_the_default_on_the_cpu_is_the_fused_adam_kernel(digits, monkeypatch):
+@pytest.fixture
+def fused_args(monkeypatch):
+    """The `fused` argument of every torch.optim.Adam built while the test runs."""
     seen = []
     original = torch.optim.Adam.__init__
 
@@ -34,6 +36,11 @@ def test_the_default_on_the_cpu_is_the_fused_adam_kernel(digits, monkeypatch):
         original(self, params, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.Adam, "__init__", spy)
+    return seen
+
+
+def test_the_default_on_the_cpu_is_the_fused_adam_kernel(digits, fused_args):
+    seen = fused_args
     run(digits, epochs=1)
     run(digits, epochs=1, fused_adam=False)
     assert seen == [True, None]  # None: torch's own choice, the for-loop on the CPU
@@ -59,15 +66,8 @@ def test_check_every_checks_once_per_n_steps_and_at_the_epoch_end(digits, monkey
     assert calls == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
 
 
-def test_fused_adam_is_used_and_equals_the_plain_loop(digits, plain, monkeypatch):
-    seen = []
-    original = torch.optim.Adam.__init__
-
-    def spy(self, params, *args, **kwargs):
-        seen.append(kwargs.get("fused"))
-        original(self, params, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.Adam, "__init__", spy)
+def test_fused_adam_is_used_and_equals_the_plain_loop(digits, plain, fused_args):
+    seen = fused_args
     model, history = run(digits, fused_adam=True)
     assert seen == [True]
     # a different kernel, so equal up to float32 rounding: 69 Adam steps, weights ~0.1 to 1
