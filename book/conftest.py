@@ -23,6 +23,7 @@ import re
 from collections import defaultdict
 
 NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
+BLANKS = re.compile(r"[ \t]+")
 
 # A printed number matches its stored value when they differ by at most one unit in the
 # last digit printed (the rounding of a value that sits at a rounding boundary on one
@@ -64,10 +65,19 @@ def numbers_in(text: str) -> list[str]:
     return NUMBER.findall(text)
 
 
+def words_between_numbers(text: str) -> list[str]:
+    """The text between the printed numbers, each run of spaces or tabs read as one space:
+    a right-aligned column pads '0.000' with one space more than '-0.000', and '9.99' with
+    one more than '10.01', so a number that moves shifts the padding before it, and that
+    is layout, not a claim."""
+    return [BLANKS.sub(" ", words) for words in NUMBER.split(text)]
+
+
 def numbers_match(stored: str, fresh: str, spreads: list[float] | None = None) -> bool:
-    """True if two texts are equal apart from numbers, and each pair of numbers matches
-    (the i-th within SPREAD_MULTIPLE x spreads[i] where spreads are given)."""
-    stored_words, fresh_words = NUMBER.split(stored), NUMBER.split(fresh)
+    """True if two texts are equal apart from numbers (and the padding before them), and
+    each pair of numbers matches (the i-th within SPREAD_MULTIPLE x spreads[i] where
+    spreads are given)."""
+    stored_words, fresh_words = words_between_numbers(stored), words_between_numbers(fresh)
     stored_numbers, fresh_numbers = numbers_in(stored), numbers_in(fresh)
     spreads = [0.0] * len(stored_numbers) if spreads is None else spreads
     return (stored_words == fresh_words and len(stored_numbers) == len(fresh_numbers)

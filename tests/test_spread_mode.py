@@ -3,6 +3,7 @@ compared within SPREAD_MULTIPLE times its measured spread; the spreads come from
 tools/measure_spread.py, and tools/run_tests.py picks the mode from the fingerprint."""
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,55 @@ def test_spreads_that_do_not_fit_the_output_fail():
     assert not conf.numbers_match("a 1.0 b 2.0", "a 1.0 b 2.0", [0.1])
 
 
+
+def test_the_padding_of_a_right_aligned_column_is_layout_not_a_claim():
+    # '{:>7.3f}' pads 0.000 with one space more than -0.000; the words are the same
+    stored = "E[gap]   joint KL\nW = 0    0.000   26.415\n"
+    assert conf.numbers_match(stored, "E[gap]   joint KL\nW = 0   -0.000   26.415\n", [0.0, 0.0, 0.0])
+    assert conf.numbers_match("value  9.99 nats", "value 10.01 nats", [0.01])
+    # a word, a line break or a number's place still counts
+    assert not conf.numbers_match(stored, "E[gap]   joint KL\nW = 1    0.000   26.415\n",
+                                  [0.0, 0.0, 0.0])
+    assert not conf.numbers_match(stored, "E[gap] joint KL W = 0 0.000 26.415\n", [0.0, 0.0, 0.0])
+    assert not conf.numbers_match("a 1.0 b", "a1.0 b", [0.0])
+
+
+def test_added_perturbations_widen_the_stored_spreads_and_never_narrow_them():
+    old = {"stdout": [[0.02, 0.0, 1.0]], "text/plain": [[]]}
+    new = {"stdout": [[0.01, 0.05, 0.0]], "text/plain": [[]]}
+    assert measure_spread.merge_spreads(old, new) == {"stdout": [[0.02, 0.05, 1.0]],
+                                                      "text/plain": [[]]}
+    with pytest.raises(ValueError, match="do not fit"):
+        measure_spread.merge_spreads(old, {"stdout": [[0.01, 0.05]], "text/plain": [[]]})
+
+
+def _is_intel() -> bool:
+    try:
+        return "GenuineIntel" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the MKL shim")
+@pytest.mark.skipif(not _is_intel(), reason="MKL already takes its non-Intel paths here")
+def test_the_mkl_shim_sends_mkl_down_its_non_intel_paths(tmp_path):
+    # the mkl-not-intel perturbation is worth measuring only if it changes what MKL computes:
+    # a shim whose symbols the PLT never reached would change nothing and widen no spread
+    measure_spread.build_shim(tmp_path)
+    product = ("import hashlib, torch; a = torch.sin(torch.arange(64 * 640.)).reshape(64, 640);"
+               "b = torch.cos(torch.arange(640 * 128.)).reshape(640, 128);"
+               "print(hashlib.sha1((a @ b).numpy().tobytes()).hexdigest())")
+    env = {**os.environ, "MKL_CBWR": "AVX2"}
+
+    def run(extra):
+        return subprocess.run([sys.executable, "-c", product], env={**env, **extra},
+                              capture_output=True, text=True, check=True).stdout
+
+    plain = run({})
+    assert run({}) == plain  # the product is deterministic without the shim
+    assert run({"LD_PRELOAD": str(tmp_path / f"{measure_spread.SHIM}.so")}) != plain
+
+
 def _flatten(outputs):
     return conf.flatten_outputs(outputs, measure_spread._sanitizer(), measure_spread.SKIP)
 
@@ -63,7 +113,7 @@ def test_the_measured_spread_is_the_largest_deviation_of_the_runs():
     stored = [_stream("ELBO -21.34, KL 5.04, 16 units\n")]
     runs = {"a": [_stream("ELBO -21.30, KL 5.04, 16 units\n")],
             "b": [_stream("ELBO -21.36, KL 5.01, 15 units\n")]}
-    spread = measure_spread.cell_spread(stored, runs, _flatten, conf.numbers_in, conf.NUMBER.split)
+    spread = measure_spread.cell_spread(stored, runs, _flatten, conf.numbers_in, conf.words_between_numbers)
     assert spread["stdout"][0] == pytest.approx([0.04, 0.03, 1.0])
 
 
@@ -73,7 +123,7 @@ def test_a_run_whose_words_differ_cannot_be_measured(fresh):
     with pytest.raises(ValueError, match="more than its numbers"):
         measure_spread.cell_spread([_stream("ELBO -21.34, KL 5.04, 16 units\n")],
                                    {"a": [_stream(fresh)]}, _flatten, conf.numbers_in,
-                                   conf.NUMBER.split)
+                                   conf.words_between_numbers)
 
 
 def _notebook(stored_output, spread):

@@ -43,12 +43,30 @@ SKIP = ("metadata", "traceback", "prompt_number", "output_type", "name", "execut
 NOT_COMPARED = {"nbval-ignore-output", "nbval-skip", "raises-exception"}
 
 # Each changes which kernels run, not what is drawn (x86-64 settings; numerics.env pins
-# ATEN_CPU_CAPABILITY=avx2 and MKL_CBWR=AVX2).
+# ATEN_CPU_CAPABILITY=avx2 and MKL_CBWR=AVX2). mkl-not-intel preloads tools/mkl_not_intel.c,
+# which makes MKL take the paths it takes on a non-Intel CPU: the vendor-dependent part of
+# another machine's run (see that file).
+SHIM = "mkl_not_intel"
 PERTURBATIONS = {
     "aten-default": {"ATEN_CPU_CAPABILITY": "default"},
     "aten-avx512": {"ATEN_CPU_CAPABILITY": "avx512"},
     "mkl-compatible": {"MKL_CBWR": "COMPATIBLE"},
+    "mkl-avx512": {"MKL_CBWR": "AVX512"},
+    "mkl-not-intel": {"LD_PRELOAD": f"{{build}}/{SHIM}.so"},
 }
+
+
+def build_shim(build: Path) -> None:
+    """Compile tools/mkl_not_intel.c into build/ (a C compiler is needed: cc, or $CC)."""
+    compiler = os.environ.get("CC", "cc")
+    try:
+        subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(build / f"{SHIM}.so"),
+                        str(ROOT / "tools" / f"{SHIM}.c")], check=True, capture_output=True,
+                       text=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise SystemExit(f"measure_spread: the mkl-not-intel perturbation needs a C compiler "
+                         f"({compiler}): {getattr(err, 'stderr', '') or err}; "
+                         "or leave it out with --only")
 
 
 def _conftest():
@@ -114,15 +132,31 @@ def execute_perturbed(notebook: Path, env: dict[str, str], out_dir: Path) -> Pat
     return out_dir / notebook.name
 
 
-def measure(notebook: Path, perturbations: dict[str, dict[str, str]]) -> tuple[int, list[str]]:
-    """Write the spreads into `notebook`; return (numbers measured, problems)."""
+def merge_spreads(old: dict, new: dict) -> dict:
+    """The larger of two measured spreads, number by number; ValueError unless both were
+    measured on the same outputs (same kinds, outputs and counts of numbers)."""
+    shape = lambda spread: {k: [len(v) for v in values] for k, values in spread.items()}  # noqa: E731
+    if shape(old) != shape(new):
+        raise ValueError("the stored spreads do not fit this output: measure all "
+                         "perturbations again (without --add)")
+    return {kind: [[max(a, b) for a, b in zip(u, v)] for u, v in zip(values, new[kind])]
+            for kind, values in old.items()}
+
+
+def measure(notebook: Path, perturbations: dict[str, dict[str, str]],
+            add: bool = False) -> tuple[int, list[str]]:
+    """Write the spreads into `notebook`; return (numbers measured, problems). With `add`,
+    keep the spreads already stored and widen them by these perturbations' runs."""
     conf, sanitize = _conftest(), _sanitizer()
     flatten = lambda outputs: conf.flatten_outputs(outputs, sanitize, SKIP)  # noqa: E731
     stored = nbformat.read(notebook, as_version=4)
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
+        if any("{build}" in v for env in perturbations.values() for v in env.values()):
+            build_shim(Path(tmp))
         for name, env in perturbations.items():
             start = time.perf_counter()
+            env = {key: value.format(build=tmp) for key, value in env.items()}
             out = execute_perturbed(notebook, env, Path(tmp) / name)
             runs[name] = nbformat.read(out, as_version=4)
             print(f"  {notebook.name} under {name}: {time.perf_counter() - start:.0f} s",
@@ -131,12 +165,14 @@ def measure(notebook: Path, perturbations: dict[str, dict[str, str]]) -> tuple[i
     for index, cell in enumerate(stored.cells):
         if cell.cell_type != "code":
             continue
-        cell.metadata.get("vaetut", {}).pop("spread", None)
+        before = cell.metadata.get("vaetut", {}).pop("spread", None)
         if NOT_COMPARED & set(cell.metadata.get("tags", [])):
             continue
         try:
             spread = cell_spread(cell.outputs, {n: r.cells[index].outputs for n, r in runs.items()},
-                                 flatten, conf.numbers_in, conf.NUMBER.split)
+                                 flatten, conf.numbers_in, conf.words_between_numbers)
+            if add and before is not None:
+                spread = merge_spreads(before, spread)
         except ValueError as err:
             problems.append(f"{notebook.name} cell {index}: {err}")
             continue
@@ -147,7 +183,8 @@ def measure(notebook: Path, perturbations: dict[str, dict[str, str]]) -> tuple[i
     for cell in stored.cells:  # no empty leftovers
         if cell.cell_type == "code" and cell.metadata.get("vaetut") == {}:
             del cell.metadata["vaetut"]
-    stored.metadata["vaetut"] = {"spread_runs": perturbations}
+    earlier = stored.metadata.get("vaetut", {}).get("spread_runs", {}) if add else {}
+    stored.metadata["vaetut"] = {"spread_runs": {**earlier, **perturbations}}
     if not problems:
         nbformat.write(stored, notebook)
     return counted, problems
@@ -158,11 +195,14 @@ def main(argv=None) -> int:
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--only", action="append", choices=sorted(PERTURBATIONS),
                         help="run only these perturbations (default: all)")
+    parser.add_argument("--add", action="store_true",
+                        help="keep the spreads already stored and widen them by these runs "
+                             "(after adding a perturbation, on unchanged outputs)")
     args = parser.parse_args(argv)
     chosen = {k: v for k, v in PERTURBATIONS.items() if not args.only or k in args.only}
     failed = False
     for notebook in args.notebooks:
-        counted, problems = measure(notebook, chosen)
+        counted, problems = measure(notebook, chosen, add=args.add)
         for p in problems:
             print(p, file=sys.stderr)
         failed |= bool(problems)
