@@ -1,0 +1,107 @@
+"""What OpenMP's idle threads cost fit on the CPU: one MNIST-sized epoch per wait policy.
+
+    python benchmarks/wait_policy.py [--rounds 5] [--images 20000] [--out FILE.json]
+
+numerics.env sets how OpenMP's idle threads wait between parallel regions (OMP_WAIT_POLICY,
+GOMP_SPINCOUNT). That cannot change inside a process, so each measurement is a fresh child
+process under one setting, and the settings take turns, round after round, so that a slow
+spell of a shared machine falls on all of them. Each child times a 2048^2 matrix product
+(the machine's matmul rate, in that same process) and then one epoch of vaetut.fit with its
+defaults on binary images of 784 pixels (784-400-20 VAE, batch 128, after a warm-up epoch),
+and reports fit's share of the matmul rate: the epoch's 6 x parameters x images FLOPs over
+its time, divided by the rate. Each round also runs two children at once per setting (the
+slower one's epoch is reported): spinning threads that win alone can lose badly when
+another process wants the cores. The wait policy changes no number a run computes (nbval
+passes under each), only how long the threads take to start each parallel region.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+SETTINGS = {  # name: the environment a child runs under (on top of the caller's)
+    "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "spin 1e5": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "100000"},
+    "default": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": ""},
+    "ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"},
+}
+
+
+def child(images: int) -> dict:
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from vaetut import VAE, fit
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    start, reps = time.perf_counter(), 0
+    while time.perf_counter() - start < 0.5:
+        a @ b
+        reps += 1
+    matmul_gflops = 2 * 2048 ** 3 * reps / (time.perf_counter() - start) / 1e9
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(images, 784, generator=gen) < 0.3).float()
+    torch.manual_seed(0)
+    model = VAE(784, 20, (400,))
+    fit(model, x, epochs=1, batch_size=128, seed=0, progress=False)  # warm-up
+    start = time.perf_counter()
+    fit(model, x, epochs=1, batch_size=128, seed=1, progress=False)
+    seconds = time.perf_counter() - start
+    params = sum(p.numel() for p in model.parameters())
+    fit_gflops = 6 * params * images / seconds / 1e9
+    return {"matmul_gflops": matmul_gflops, "epoch_s": seconds, "fit_gflops": fit_gflops,
+            "share": fit_gflops / matmul_gflops}
+
+
+def _children(extra: dict[str, str], images: int, n: int) -> list[dict]:
+    """Run n children at once under the setting `extra`; their results."""
+    env = {k: v for k, v in {**os.environ, **extra}.items() if v != ""}
+    procs = [subprocess.Popen([sys.executable, __file__, "--child", "--images", str(images)],
+                              env=env, stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"a child under {extra} failed")
+    return [json.loads(out.strip().splitlines()[-1]) for out in outs]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--images", type=int, default=20000)
+    parser.add_argument("--out", default=None, help="also write the runs as JSON here")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.images)))
+        return 0
+    runs: dict[str, list[dict]] = {name: [] for name in SETTINGS}
+    pairs: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    for _ in range(args.rounds):
+        for name, extra in SETTINGS.items():
+            runs[name].append(_children(extra, args.images, 1)[0])
+            # two at once: what a machine running something else besides costs each setting
+            pairs[name].append(max(r["epoch_s"] for r in _children(extra, args.images, 2)))
+    print(f"{args.images} images, {args.rounds} rounds; medians (min..max)\n")
+    print("| setting | s / epoch | matmul GFLOP/s | % of matmul | s / epoch, two processes at once |")
+    print("| --- | --: | --: | --: | --: |")
+    for name, rs in runs.items():
+        col = lambda key, scale=1.0: ([r[key] * scale for r in rs])  # noqa: E731
+        cell = lambda v, f: f"{statistics.median(v):{f}} ({min(v):{f}}..{max(v):{f}})"  # noqa: E731
+        print(f"| {name} | {cell(col('epoch_s'), '.2f')} | {cell(col('matmul_gflops'), '.0f')} "
+              f"| {cell(col('share', 100), '.0f')} | {cell(pairs[name], '.2f')} |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"command": " ".join(sys.argv), "images": args.images,
+                       "rounds": args.rounds, "settings": SETTINGS, "cpu_count": os.cpu_count(),
+                       "runs": runs, "two_at_once_epoch_s": pairs}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
