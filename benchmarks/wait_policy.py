@@ -70,6 +70,10 @@ def _children(extra: dict[str, str], images: int, n: int) -> list[dict]:
     return [json.loads(out.strip().splitlines()[-1]) for out in outs]
 
 
+def _cell(values: list[float], fmt: str) -> str:
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}..{max(values):{fmt}})"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -88,13 +92,14 @@ def main(argv=None) -> int:
             # two at once: what a machine running something else besides costs each setting
             pairs[name].append(max(r["epoch_s"] for r in _children(extra, args.images, 2)))
     print(f"{args.images} images, {args.rounds} rounds; medians (min..max)\n")
-    print("| setting | s / epoch | matmul GFLOP/s | % of matmul | s / epoch, two processes at once |")
+    print("| setting | s / epoch | matmul GFLOP/s | % of matmul "
+          "| s / epoch, two processes at once |")
     print("| --- | --: | --: | --: | --: |")
     for name, rs in runs.items():
-        col = lambda key, scale=1.0: ([r[key] * scale for r in rs])  # noqa: E731
-        cell = lambda v, f: f"{statistics.median(v):{f}} ({min(v):{f}}..{max(v):{f}})"  # noqa: E731
-        print(f"| {name} | {cell(col('epoch_s'), '.2f')} | {cell(col('matmul_gflops'), '.0f')} "
-              f"| {cell(col('share', 100), '.0f')} | {cell(pairs[name], '.2f')} |")
+        epoch, rate = [r["epoch_s"] for r in rs], [r["matmul_gflops"] for r in rs]
+        share = [100 * r["share"] for r in rs]
+        print(f"| {name} | {_cell(epoch, '.2f')} | {_cell(rate, '.0f')} | {_cell(share, '.0f')} "
+              f"| {_cell(pairs[name], '.2f')} |")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"command": " ".join(sys.argv), "images": args.images,

@@ -253,3 +253,21 @@ def test_readme_table_is_replaced_between_its_markers_only(quick_run, tmp_path):
     again = readme.read_text()
     assert "stale table" not in again and stdout in again and again.endswith("\nafter\n")
     assert again.count(f"<!-- bench:begin {name} -->") == 1
+
+
+def test_the_wait_policy_child_reports_fit_against_the_matmul_rate_of_its_own_process():
+    wait_policy = _load_wait_policy()
+    r = wait_policy.child(images=256)
+    assert r["epoch_s"] > 0 and r["matmul_gflops"] > 0
+    # the share is fit's FLOP rate (6 x parameters x images per epoch) over the matmul rate
+    params = 784 * 400 + 400 + 2 * (400 * 20 + 20) + 20 * 400 + 400 + 400 * 784 + 784
+    assert r["fit_gflops"] == pytest.approx(6 * params * 256 / r["epoch_s"] / 1e9)
+    assert r["share"] == pytest.approx(r["fit_gflops"] / r["matmul_gflops"])
+
+
+def _load_wait_policy():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "wait_policy.py"
+    spec = importlib.util.spec_from_file_location("wait_policy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -56,7 +56,8 @@ def test_spreads_that_do_not_fit_the_output_fail():
 def test_the_padding_of_a_right_aligned_column_is_layout_not_a_claim():
     # '{:>7.3f}' pads 0.000 with one space more than -0.000; the words are the same
     stored = "E[gap]   joint KL\nW = 0    0.000   26.415\n"
-    assert conf.numbers_match(stored, "E[gap]   joint KL\nW = 0   -0.000   26.415\n", [0.0, 0.0, 0.0])
+    fresh = "E[gap]   joint KL\nW = 0   -0.000   26.415\n"
+    assert conf.numbers_match(stored, fresh, [0.0, 0.0, 0.0])
     assert conf.numbers_match("value  9.99 nats", "value 10.01 nats", [0.01])
     # a word, a line break or a number's place still counts
     assert not conf.numbers_match(stored, "E[gap]   joint KL\nW = 1    0.000   26.415\n",
@@ -113,7 +114,8 @@ def test_the_measured_spread_is_the_largest_deviation_of_the_runs():
     stored = [_stream("ELBO -21.34, KL 5.04, 16 units\n")]
     runs = {"a": [_stream("ELBO -21.30, KL 5.04, 16 units\n")],
             "b": [_stream("ELBO -21.36, KL 5.01, 15 units\n")]}
-    spread = measure_spread.cell_spread(stored, runs, _flatten, conf.numbers_in, conf.words_between_numbers)
+    spread = measure_spread.cell_spread(stored, runs, _flatten, conf.numbers_in,
+                                        conf.words_between_numbers)
     assert spread["stdout"][0] == pytest.approx([0.04, 0.03, 1.0])
 
 

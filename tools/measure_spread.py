@@ -135,7 +135,8 @@ def execute_perturbed(notebook: Path, env: dict[str, str], out_dir: Path) -> Pat
 def merge_spreads(old: dict, new: dict) -> dict:
     """The larger of two measured spreads, number by number; ValueError unless both were
     measured on the same outputs (same kinds, outputs and counts of numbers)."""
-    shape = lambda spread: {k: [len(v) for v in values] for k, values in spread.items()}  # noqa: E731
+    def shape(spread):
+        return {k: [len(v) for v in values] for k, values in spread.items()}
     if shape(old) != shape(new):
         raise ValueError("the stored spreads do not fit this output: measure all "
                          "perturbations again (without --add)")
