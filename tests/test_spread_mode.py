@@ -185,3 +185,17 @@ def test_a_machine_whose_kernels_differ_runs_spread_mode(tmp_path, monkeypatch):
     mode, why = run_tests.choose_mode(strict=False)
     assert mode == "spread" and "exp/contiguous" in why
     assert run_tests.choose_mode(strict=True)[0] == "strict"
+
+
+def test_the_same_battery_is_written_as_the_same_bytes(tmp_path, monkeypatch):
+    # make notebooks rewrites numerics/battery-reference.json.gz: an unchanged battery must
+    # leave no diff for git (no time stamp or temporary name in the gzip header)
+    import gzip
+
+    data = {"hash": {"exp/contiguous": "0123"}, "meta": {"cpu": "x"}, "sample": {}}
+    monkeypatch.setattr(gzip.time, "time", lambda: 1.0e9)
+    battery._write(data, str(tmp_path / "a.json.gz"))
+    monkeypatch.setattr(gzip.time, "time", lambda: 2.0e9)  # written a while later
+    battery._write(data, str(tmp_path / "b.json.gz"))
+    assert (tmp_path / "a.json.gz").read_bytes() == (tmp_path / "b.json.gz").read_bytes()
+    assert battery._read(str(tmp_path / "a.json.gz")) == data

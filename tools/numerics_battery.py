@@ -165,8 +165,13 @@ def _read(path: str) -> dict:
 
 def _write(data: dict, path: str) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
-    with (gzip.open if path.endswith(".gz") else open)(tmp, "wt") as f:
-        json.dump(data, f, indent=None if path.endswith(".gz") else 1, sort_keys=True)
+    text = json.dumps(data, indent=None if path.endswith(".gz") else 1, sort_keys=True)
+    if path.endswith(".gz"):  # mtime 0: the same battery gives the same bytes, no git diff
+        with open(tmp, "wb") as raw, gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as f:
+            f.write(text.encode())
+    else:
+        with open(tmp, "w") as f:
+            f.write(text)
     os.replace(tmp, path)
 
 
