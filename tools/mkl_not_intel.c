@@ -1,4 +1,4 @@
-/* Make the MKL inside PyTorch take the code paths it takes on an AMD CPU, on an Intel one.
+/* Make the MKL inside PyTorch answer its CPU-vendor questions as on an AMD Zen, on an Intel CPU.
  *
  * MKL chooses some kernels by CPU vendor, not only by instruction set: its documentation on
  * conditional numerical reproducibility says MKL_CBWR=AVX2 (numerics.env) holds on Intel CPUs
@@ -10,8 +10,9 @@
  *     cc -shared -fPIC -O2 -o /tmp/mkl_not_intel.so tools/mkl_not_intel.c
  *     LD_PRELOAD=/tmp/mkl_not_intel.so python tools/numerics_battery.py --out not-intel.json
  *
- * lists the kernels that follow the vendor (README, "Numbers that reproduce"). It is not an
- * AMD: its instruction set, caches and the rest of MKL's choices stay this machine's. */
+ * lists the kernels that follow the vendor (README, "How the stored numbers are checked on
+ * your machine"). It is not an AMD: its instruction set, caches and the rest of MKL's choices
+ * stay this machine's. */
 int mkl_serv_intel_cpu_true(void) { return 0; }
 int mkl_serv_intel_cpu(void) { return 0; }
 int mkl_serv_cpuiszen(void) { return 1; }
