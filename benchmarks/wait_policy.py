@@ -36,17 +36,11 @@ SETTINGS = {  # name: the environment a child runs under (on top of the caller's
 
 def child(images: int) -> dict:
     import torch
+    from bench import matmul_gflops, model_flops_per_sample  # bench.py's own rate and FLOPs
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from vaetut import VAE, fit
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    start, reps = time.perf_counter(), 0
-    while time.perf_counter() - start < 0.5:
-        a @ b
-        reps += 1
-    matmul_gflops = 2 * 2048 ** 3 * reps / (time.perf_counter() - start) / 1e9
+    rate = matmul_gflops(torch.device("cpu"), 2048, min_seconds=0.5)
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand(images, 784, generator=gen) < 0.3).float()
     torch.manual_seed(0)
@@ -55,10 +49,9 @@ def child(images: int) -> dict:
     start = time.perf_counter()
     fit(model, x, epochs=1, batch_size=128, seed=1, progress=False)
     seconds = time.perf_counter() - start
-    params = sum(p.numel() for p in model.parameters())
-    fit_gflops = 6 * params * images / seconds / 1e9
-    return {"matmul_gflops": matmul_gflops, "epoch_s": seconds, "fit_gflops": fit_gflops,
-            "share": fit_gflops / matmul_gflops}
+    fit_gflops = model_flops_per_sample(model) * images / seconds / 1e9
+    return {"matmul_gflops": rate, "epoch_s": seconds, "fit_gflops": fit_gflops,
+            "share": fit_gflops / rate}
 
 
 def _children(extra: dict[str, str], images: int, n: int) -> list[dict]:

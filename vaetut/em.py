@@ -101,10 +101,9 @@ class LinearEncoder(torch.nn.Module):
         self.L_raw = torch.nn.Parameter(torch.zeros(z_dim, z_dim, dtype=DTYPE))  # q = prior
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.diagonal:
-            L = torch.diag(self.L_raw.diagonal().exp())
-        else:
-            L = torch.tril(self.L_raw, -1) + torch.diag(self.L_raw.diagonal().exp())
+        L = torch.diag(self.L_raw.diagonal().exp())
+        if not self.diagonal:
+            L = torch.tril(self.L_raw, -1) + L
         return x @ self.A.T + self.c, L @ L.T  # (N, K), (K, K)
 
 
