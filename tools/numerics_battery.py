@@ -150,7 +150,7 @@ def cpu_name() -> str:
 def measure() -> dict:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     results = {**kernels(), **training_runs()}
-    env_keys = ("MKL", "OMP_", "ATEN", "ONEDNN", "OPENBLAS", "NPY_")
+    env_keys = ("MKL", "OMP_", "GOMP_", "ATEN", "ONEDNN", "OPENBLAS", "NPY_")
     meta = {"cpu": cpu_name(), "machine": platform.machine(), "torch": torch.__version__,
             "capability": torch.backends.cpu.get_cpu_capability(),
             "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(env_keys)}}
