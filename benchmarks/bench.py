@@ -560,9 +560,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="cpu, cuda, cuda:N or all (the CPU, and CUDA when present)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (for tests; seconds)")
     p.add_argument("--steps", type=int, default=None,
-                   help="optimizer steps of batch 128 timed per path and round (default: 100 "
+                   help="optimizer steps of batch 128 timed per path and round (default: 300 "
                         "on the CPU, a whole MNIST-sized epoch (469) on CUDA)")
-    p.add_argument("--rounds", type=int, default=None, help="rounds of all paths (default 3)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds of all paths (default 5 on the CPU, 3 on CUDA)")
     p.add_argument("--only", action="append", choices=("digits", "mnist", "iwae"),
                    help="run only this part (repeatable)")
     p.add_argument("--ks", type=int, nargs="+", default=None,
@@ -644,8 +644,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(), "note": args.note, "quick": args.quick, "devices": {}}
     for device in devices:
         cuda = device.type == "cuda"
-        steps = args.steps or (4 if args.quick else (469 if cuda else 100))
-        rounds = args.rounds or (1 if args.quick else 3)
+        steps = args.steps or (4 if args.quick else (469 if cuda else 300))
+        rounds = args.rounds or (1 if args.quick else (3 if cuda else 5))
         compile_ = cuda if args.compile_ is None else args.compile_
         matmul_n = 256 if args.quick else (4096 if cuda else 2048)
         d: dict[str, Any] = {"name": device_name(device), "matmul_size": matmul_n,
