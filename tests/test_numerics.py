@@ -64,3 +64,14 @@ def test_other_kernels_change_the_fingerprint(pinned):
     # pins not read at all, these would not move the hash (on any x86-64 CPU)
     assert pinned != fingerprint(ATEN_CPU_CAPABILITY="default")
     assert pinned != fingerprint(MKL_CBWR="COMPATIBLE")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 code paths")
+def test_how_idle_threads_wait_changes_no_number(pinned):
+    # numerics.env's wait setting is there for speed alone (the README: "the same outputs
+    # under each"): threads that sleep at once, or spin for libgomp's default, must give the
+    # same run. A kernel that split its work by which thread arrived first would fail here.
+    assert "GOMP_SPINCOUNT" in PINNED
+    assert pinned == fingerprint(GOMP_SPINCOUNT=None, OMP_WAIT_POLICY="PASSIVE")
+    assert pinned == fingerprint(GOMP_SPINCOUNT=None, OMP_WAIT_POLICY=None)
