@@ -562,7 +562,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None,
                    help="optimizer steps of batch 128 timed per path and round (default: 300 "
                         "on the CPU, a whole MNIST-sized epoch (469) on CUDA)")
-    p.add_argument("--rounds", type=int, default=None, help="rounds of all paths (default 5 on the CPU, 3 on CUDA)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds of all paths (default 5 on the CPU, 3 on CUDA)")
     p.add_argument("--only", action="append", choices=("digits", "mnist", "iwae"),
                    help="run only this part (repeatable)")
     p.add_argument("--ks", type=int, nargs="+", default=None,

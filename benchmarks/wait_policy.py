@@ -1,4 +1,4 @@
-"""What OpenMP's idle threads cost fit on the CPU: one MNIST-sized epoch per wait policy.
+"""What OpenMP's idle threads cost fit on the CPU: fit's epoch time under each wait policy.
 
     python benchmarks/wait_policy.py [--rounds 5] [--images 20000] [--out FILE.json]
 
@@ -7,12 +7,13 @@ GOMP_SPINCOUNT). That cannot change inside a process, so each measurement is a f
 process under one setting, and the settings take turns, round after round, so that a slow
 spell of a shared machine falls on all of them. Each child times a 2048^2 matrix product
 (the machine's matmul rate, in that same process) and then three epochs of vaetut.fit with
-its defaults on binary images of 784 pixels (784-400-20 VAE, batch 128), and reports the
-mean of the last two (the first includes fit's set-up and warm-up) and fit's share of the matmul rate: the epoch's 6 x parameters x images FLOPs over
-its time, divided by the rate. Each round also runs two children at once per setting (the
-slower one's epoch is reported): spinning threads that win alone can lose badly when
-another process wants the cores. The wait policy changes no number a run computes (nbval
-passes under each), only how long the threads take to start each parallel region.
+its defaults on binary images of 784 pixels (784-400-20 VAE, batch 128). It reports the mean
+time of the last two epochs (the first includes fit's set-up and warm-up) and fit's share of
+the matmul rate: an epoch's 6 x parameters x images FLOPs over its time, over the rate. Each
+round also runs two children at once per setting (the slower one's epoch is reported):
+spinning threads that win alone can lose badly when another process wants the cores. The
+wait policy changes no number a run computes (tests/test_numerics.py), only how long the
+threads take to start each parallel region.
 """
 from __future__ import annotations
 
@@ -24,14 +25,16 @@ import subprocess
 import sys
 import time
 
-SETTINGS = {  # name: the environment a child runs under (on top of the caller's)
-    "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+SETTINGS = {  # name: the environment a child runs under (on top of the caller's; "" unsets)
+    # every setting names both variables: a GOMP_SPINCOUNT inherited from numerics.env would
+    # otherwise override OMP_WAIT_POLICY's spin count, and "PASSIVE" would measure spinning
+    "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": ""},
     "spin 1e3": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "1000"},
     "spin 3e3": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "3000"},
     "spin 1e4": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "10000"},
     "spin 1e5": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "100000"},
     "default": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": ""},
-    "ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"},
+    "ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": ""},
 }
 
 
@@ -55,9 +58,15 @@ def child(images: int) -> dict:
             "share": fit_gflops / rate}
 
 
+def child_env(extra: dict[str, str], base: dict[str, str]) -> dict[str, str]:
+    """The environment of a child under the setting `extra`: base (the caller's) with extra's
+    variables set, or removed where extra gives ""."""
+    return {k: v for k, v in {**base, **extra}.items() if v != ""}
+
+
 def _children(extra: dict[str, str], images: int, n: int) -> list[dict]:
     """Run n children at once under the setting `extra`; their results."""
-    env = {k: v for k, v in {**os.environ, **extra}.items() if v != ""}
+    env = child_env(extra, dict(os.environ))
     procs = [subprocess.Popen([sys.executable, __file__, "--child", "--images", str(images)],
                               env=env, stdout=subprocess.PIPE, text=True) for _ in range(n)]
     outs = [p.communicate(timeout=600)[0] for p in procs]

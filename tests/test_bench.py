@@ -265,6 +265,17 @@ def test_the_wait_policy_child_reports_fit_against_the_matmul_rate_of_its_own_pr
     assert r["share"] == pytest.approx(r["fit_gflops"] / r["matmul_gflops"])
 
 
+def test_each_wait_setting_decides_both_variables_whatever_the_caller_pinned():
+    # numerics.env pins GOMP_SPINCOUNT, which overrides OMP_WAIT_POLICY's spin count: a
+    # setting that left it inherited would measure the pin under another setting's name
+    wait_policy = _load_wait_policy()
+    caller = {"GOMP_SPINCOUNT": "3000", "OMP_WAIT_POLICY": "PASSIVE", "PATH": "/bin"}
+    for name, extra in wait_policy.SETTINGS.items():
+        env = wait_policy.child_env(extra, caller)
+        assert env["PATH"] == "/bin"
+        assert {k: env.get(k, "") for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} == extra, name
+
+
 def _load_wait_policy():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "wait_policy.py"
     spec = importlib.util.spec_from_file_location("wait_policy", path)

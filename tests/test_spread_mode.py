@@ -52,7 +52,6 @@ def test_spreads_that_do_not_fit_the_output_fail():
     assert not conf.numbers_match("a 1.0 b 2.0", "a 1.0 b 2.0", [0.1])
 
 
-
 def test_the_padding_of_a_right_aligned_column_is_layout_not_a_claim():
     # '{:>7.3f}' pads 0.000 with one space more than -0.000; the words are the same
     stored = "E[gap]   joint KL\nW = 0    0.000   26.415\n"
