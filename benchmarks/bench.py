@@ -52,10 +52,10 @@ import torch
 import vaetut
 from bench_report import check_consistency, load, render_markdown, update_readme
 from vaetut.data import load_digits
-from vaetut.device import pick_device
+from vaetut.run.device import pick_device
 from vaetut.model import VAE
 from vaetut.objective import elbo, iwae_bound
-from vaetut.train import fit
+from vaetut.run.train import fit
 
 SCHEMA = 1
 BASELINE_BATCH = 128

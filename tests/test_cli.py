@@ -23,7 +23,7 @@ def test_help_lists_the_commands():
 
 
 def test_train_help_shows_the_default_of_every_option():
-    from vaetut.__main__ import build_parser
+    from vaetut.run.cli import build_parser
 
     parser = build_parser()
     train = parser._subparsers._group_actions[0].choices["train"]

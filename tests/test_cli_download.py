@@ -7,7 +7,7 @@ import pytest
 
 import vaetut.data
 from mnist_server import serve, sha256_table, small_mnist
-from vaetut.__main__ import main
+from vaetut.run.cli import main
 
 
 @pytest.fixture(autouse=True)

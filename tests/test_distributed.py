@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vaetut
-from vaetut.distributed import Context
+from vaetut.run.distributed import Context
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 FIT_ARGS = dict(epochs=2, batch_size=50, lr=3e-3, device="cpu", seed=0, progress=False)
@@ -17,8 +17,8 @@ FIT_ARGS = dict(epochs=2, batch_size=50, lr=3e-3, device="cpu", seed=0, progress
 SCRIPT = """
 import json, os, sys
 import torch, vaetut
-from vaetut import distributed
-from vaetut.steps import data_parallel_step
+from vaetut.run import distributed
+from vaetut.run.steps import data_parallel_step
 
 rank = int(os.environ["RANK"])
 # the script joins the group itself (fit then uses it and leaves it up), so that the
@@ -132,7 +132,7 @@ def test_the_cli_trains_unchanged_under_torchrun(tmp_path):
 
 
 def test_more_processes_than_gpus_stop_at_once_with_both_numbers(monkeypatch):
-    from vaetut import distributed
+    from vaetut.run import distributed
 
     for name, value in dict(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2",
                             MASTER_ADDR="127.0.0.1", MASTER_PORT="29999").items():

@@ -55,13 +55,13 @@ def test_check_every_is_bit_identical_to_the_per_step_check(digits, plain, check
 
 def test_check_every_checks_once_per_n_steps_and_at_the_epoch_end(digits, monkeypatch):
     calls = []
-    original = vaetut.steps.raise_first_bad_loss
+    original = vaetut.run.steps.raise_first_bad_loss
 
     def spy(losses, start, stop, *args):
         calls.append((start, stop))
         return original(losses, start, stop, *args)
 
-    monkeypatch.setattr(vaetut.steps, "raise_first_bad_loss", spy)
+    monkeypatch.setattr(vaetut.run.steps, "raise_first_bad_loss", spy)
     run(digits, epochs=1, check_every=5)
     assert calls == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
 

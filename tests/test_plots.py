@@ -10,7 +10,7 @@ import torch  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
 from vaetut import VAE, plots  # noqa: E402
-from vaetut.train import History  # noqa: E402
+from vaetut.run.train import History  # noqa: E402
 
 
 class RecordingModel(torch.nn.Module):

@@ -15,7 +15,7 @@ import torch
 
 import vaetut
 from helpers import run, small_model
-from vaetut import checkpoint as checkpoint_module
+from vaetut.run import checkpoint as checkpoint_module
 from vaetut.diagnostics import KLAnnealing, Scaled, pixel_mean_elbo
 
 
@@ -29,7 +29,7 @@ def _args(digits, **changes):
 # ----- 1. one writer per checkpoint -------------------------------------------------------
 HOLDER = """
 import sys, time
-from vaetut.checkpoint import acquire_checkpoint_lock
+from vaetut.run.checkpoint import acquire_checkpoint_lock
 lock = acquire_checkpoint_lock(sys.argv[1])
 print("holding", flush=True)
 time.sleep(120)
@@ -67,7 +67,7 @@ def test_1_the_lock_is_reentrant_in_a_process_and_released_after_fit(digits, tmp
     # and released when fit fails, too
     with pytest.raises(ValueError, match="cannot resume"):
         vaetut.fit(small_model(), **_args(digits, epochs=3, lr=1e-2), checkpoint=path)
-    probe = subprocess.run([sys.executable, "-c", "import sys; from vaetut.checkpoint import "
+    probe = subprocess.run([sys.executable, "-c", "import sys; from vaetut.run.checkpoint import "
                             "acquire_checkpoint_lock as a; a(sys.argv[1]); print('ok')",
                             str(path)], capture_output=True, text=True, timeout=120)
     assert probe.stdout.strip() == "ok", probe.stderr
@@ -89,7 +89,7 @@ def test_2_the_stale_sweep_spares_a_siblings_live_temporary(tmp_path):
 
 # ----- 3 and 11. links at a destination ---------------------------------------------------
 def test_3_atomic_write_replaces_a_planted_link_instead_of_writing_through_it(tmp_path):
-    from vaetut.checkpoint import atomic_write
+    from vaetut.run.checkpoint import atomic_write
 
     victim = tmp_path / "victim"
     victim.write_text("precious")
@@ -269,7 +269,7 @@ def test_8_a_resumed_annealed_run_equals_the_uninterrupted_one(digits, tmp_path)
 
 # ----- 10. ranks that disagree -------------------------------------------------------------
 def test_10_ranks_with_different_definitions_are_stopped_naming_the_difference(monkeypatch):
-    from vaetut import distributed
+    from vaetut.run import distributed
 
     def gather(out, mine):
         out[0], out[1] = mine, {**mine, "lr": "0.001"}

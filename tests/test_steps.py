@@ -9,7 +9,7 @@ import torch
 
 import vaetut
 from vaetut import bounds, gradients
-from vaetut.steps import EagerSteps, GraphedSteps, NonFiniteLossError
+from vaetut.run.steps import EagerSteps, GraphedSteps, NonFiniteLossError
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -85,7 +85,7 @@ def test_bad_cuda_graph_arguments_name_themselves(digits, kwargs, message):
 
 def test_auto_runs_the_plain_loop_off_cuda(digits, monkeypatch):
     built = []
-    monkeypatch.setattr(vaetut.train, "GraphedSteps", lambda *a, **k: built.append(a))
+    monkeypatch.setattr(vaetut.run.train, "GraphedSteps", lambda *a, **k: built.append(a))
     vaetut.fit(vaetut.VAE(64, 2), digits.train[:100], epochs=1, device="cpu", progress=False)
     assert built == []
 
@@ -127,13 +127,13 @@ def test_graph_runs_resume_exactly(digits, tmp_path):
 @cuda
 def test_auto_captures_on_cuda_and_the_warmup_leaves_no_trace(digits, monkeypatch):
     built = []
-    original = vaetut.train.GraphedSteps
+    original = vaetut.run.train.GraphedSteps
 
     def spy(*args, **kwargs):
         built.append(args)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(vaetut.train, "GraphedSteps", spy)
+    monkeypatch.setattr(vaetut.run.train, "GraphedSteps", spy)
     auto_model, auto = _fit_cuda(digits, epochs=1)
     assert len(built) == 1
     true_model, explicit = _fit_cuda(digits, epochs=1, cuda_graph=True)

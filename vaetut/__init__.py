@@ -12,11 +12,11 @@ Where things are:
     exact.py       probabilistic PCA: log p(x), p(z|x), the exact ELBO and KL (chapter 1)
 """
 from . import data, plots
-from .checkpoint import load_checkpoint, save_checkpoint
-from .device import pick_device
+from .run.checkpoint import load_checkpoint, save_checkpoint
+from .run.device import pick_device
 from .model import VAE
 from .objective import ELBO, elbo, iwae_bound, kl_to_prior, log_px_given_z, reparameterize
-from .train import History, NonFiniteLossError, evaluate, fit
+from .run.train import History, NonFiniteLossError, evaluate, fit
 
 __version__ = "0.1.0"
 

@@ -9,8 +9,6 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import torch
 
-from .train import History
-
 # The book's figure style (see `book_style`). The content column is 800 pixels wide at a
 # 1280-pixel window and about 930 at most; at 200 dpi a figure 4.7 inches wide or more has
 # at least that many pixels, so the browser only ever shrinks a figure (sharp, also on a
@@ -126,8 +124,11 @@ def image_rows(rows: dict[str, torch.Tensor], image_shape: Sequence[int], n_cols
     return fig
 
 
-def learning_curves(history: History, axes: Sequence[plt.Axes] | None = None) -> Sequence[plt.Axes]:
-    """Three panels over epochs: ELBO, reconstruction term, KL to the prior (train and test)."""
+def learning_curves(history, axes: Sequence[plt.Axes] | None = None) -> Sequence[plt.Axes]:
+    """Three panels over epochs: ELBO, reconstruction term, KL to the prior (train and test).
+
+    `history` maps a column name to its values by epoch (`fit`'s History does).
+    """
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     epochs = history["epoch"]

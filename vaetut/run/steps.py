@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from . import distributed as dist_utils
-from .model import VAE
+from ..model import VAE
 
 
 class NonFiniteLossError(RuntimeError):

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 
 from .checkpoint import _check_loadable, load_checkpoint
-from .model import VAE
+from ..model import VAE
 
 UNIDENTIFIED = "unidentified: "
 # optimizer settings that change what a step computes (the kernel choices do not)

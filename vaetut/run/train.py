@@ -19,11 +19,11 @@ import torch
 from tqdm.std import tqdm  # plain text: no widget needed in notebooks
 
 from .checkpoint import acquire_checkpoint_lock, check_checkpoint_path, save_checkpoint
-from .data import binarize_stochastic
+from ..data import binarize_stochastic
 from .device import pick_device
 from . import distributed as dist_utils
-from .model import VAE
-from .objective import ELBO, check_count, check_input, elbo
+from ..model import VAE
+from ..objective import ELBO, check_count, check_input, elbo
 from .resume import object_state, resume as resume_run, run_definition
 from .steps import DataParallelSteps, EagerSteps, GraphedSteps, NonFiniteLossError
 
@@ -102,7 +102,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 def _holding_checkpoint_lock(fit_function: Callable) -> Callable:
     """fit, with its checkpoint path checked before anything else happens and, in the
     process that writes it (rank 0 under torchrun), the checkpoint's lock held for the
-    whole call (vaetut.checkpoint.acquire_checkpoint_lock): a second writer is refused
+    whole call (vaetut.run.checkpoint.acquire_checkpoint_lock): a second writer is refused
     at once instead of overwriting the first."""
     signature = inspect.signature(fit_function)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import math
 import os
@@ -13,12 +14,12 @@ import stat
 import sys
 import tempfile
 import zipfile
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import filelock
 import torch
 
-from .model import VAE, _check_dims, check_min_log_var
+from ..model import VAE, _check_dims, check_min_log_var
 
 FORMAT_VERSION = 1
 # what torch.load(weights_only=True) reads back (tensors, plain data and a few torch types)
@@ -173,6 +174,17 @@ def acquire_checkpoint_lock(path: str | os.PathLike) -> filelock.FileLock:
             "two runs writing one checkpoint would overwrite each other. Wait for that run "
             "to end, or give this one another checkpoint path (command line: --out)") from None
     return lock
+
+
+@contextlib.contextmanager
+def writer_lock(path: str | os.PathLike) -> Iterator[None]:
+    """`with writer_lock(path):` makes this process the only writer of checkpoint `path` for
+    the block (CheckpointLockedError at once if another process is one). Re-entrant."""
+    lock = acquire_checkpoint_lock(path)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def check_checkpoint_path(path: str | os.PathLike, name: str = "checkpoint") -> None:

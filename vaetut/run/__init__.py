@@ -1,0 +1,12 @@
+"""The run machinery: everything that trains a model for real rather than explains it.
+
+    train.py        fit: the epoch loop, History, evaluate
+    steps.py        the training step: eager, whole-step CUDA graph, data-parallel
+    checkpoint.py   atomic writes, the writer's lock, checked loading
+    resume.py       what defines a run; resuming it from its checkpoint
+    distributed.py  torchrun's process group: join, agree, leave
+    device.py       pick_device
+    cli.py          `python -m vaetut train`
+
+The teaching core (vaetut/*.py) never imports from here; this package imports the core.
+"""

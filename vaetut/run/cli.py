@@ -1,0 +1,314 @@
+"""Command line: `python -m vaetut train ...`.
+
+The benchmark is not part of the package: `python benchmarks/bench.py` (or `make bench`)
+in the repository; see benchmarks/README.md."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+
+import torch
+
+DESCRIPTION = """\
+Train a variational autoencoder (VAE) on handwritten digits: scikit-learn's 8x8 digits
+(bundled, offline) or MNIST from its IDX files. `train` writes OUT/checkpoint.pt after
+every epoch, then OUT/history.json (one record per epoch) and OUT/samples.png; rerun the
+same command to resume an interrupted run from its checkpoint.
+
+Exit status: 0 done; 1 training diverged (NaN or infinite loss); 2 bad input (arguments,
+data files, an OUT another run is writing or that holds another run); 130 interrupted.
+
+The benchmark is not part of the package: python benchmarks/bench.py (or make bench)."""
+
+SEED_LIMIT = 2**63 - 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors on one line of stderr (exit status 2), like the rest of the CLI."""
+
+    def error(self, message: str):
+        name = self.prog.removeprefix("python -m ")
+        self.exit(2, f"{name}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int, got {text!r}") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be an int in [0, 2**63 - 1), got {text}")
+    return value
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The `train` command's options (a flag added here shows its default in --help)."""
+    p = sub.add_parser("train", help="train a VAE; write a checkpoint, history.json and a PNG",
+                       description="Train a VAE; write OUT/checkpoint.pt (after every epoch), "
+                       "OUT/history.json and OUT/samples.png. Rerunning the same command "
+                       "resumes from the checkpoint.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", choices=("digits", "mnist"), default="digits",
+                   help="digits: scikit-learn's bundled 8x8 digits (offline); mnist: IDX files")
+    p.add_argument("--mnist-root", default="data/mnist", help="folder holding the MNIST IDX files")
+    p.add_argument("--download", action="store_true",
+                   help="with --data mnist: first fetch the four IDX .gz files into --mnist-root "
+                   "(checksums verified; files already there with the right checksum are kept)")
+    p.add_argument("--binarize", choices=("none", "fixed", "stochastic"), default="fixed",
+                   help="how pixels are made binary for the Bernoulli likelihood")
+    p.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli",
+                   help="the decoder's p(x|z): bernoulli for binary pixels, gaussian for grey "
+                   "levels (with --binarize none)")
+    p.add_argument("--z-dim", type=_positive_int, default=8, help="latent dimension")
+    p.add_argument("--hidden", type=_positive_int, nargs="+", default=[128],
+                   help="encoder widths (the decoder mirrors them)")
+    p.add_argument("--epochs", type=_positive_int, default=50,
+                   help="epochs in all, counting those a resumed checkpoint holds")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="examples per step")
+    p.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam's learning rate")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="seeds the model, the train/test split and training")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--out", default="runs/vae", help="folder for checkpoint.pt, history.json, "
+                   "samples.png")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start afresh even if OUT/checkpoint.pt exists")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m vaetut", description=DESCRIPTION,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+    _train_parser(sub)
+    return parser
+
+
+def _prepare_out(out: str) -> list[str]:
+    """Make the output folder if missing and check that a file can be created in it,
+    before any training; return the folders made here, deepest first. Raise ValueError
+    if not."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is an existing file, not a folder; name a folder "
+                         "(it is created if missing)")
+    created, folder = [], os.path.abspath(out)
+    while not os.path.lexists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        _remove_created(created)
+        raise ValueError(f"--out {out!r} cannot be written to ({err.strerror or err}); name "
+                         "a folder you can create files in") from err
+    return created
+
+
+def _remove_created(created: list[str], lock_file: str | None = None) -> None:
+    """Remove the folders a failed run made (deepest first), as long as each is empty but
+    for the run's own lock file."""
+    for folder in created:
+        if lock_file is not None and os.path.dirname(lock_file) == folder:
+            try:
+                if os.listdir(folder) == [os.path.basename(lock_file)]:
+                    os.remove(lock_file)
+            except OSError:
+                pass
+        try:
+            os.rmdir(folder)  # only an empty folder
+        except OSError:
+            return
+
+
+def _stored_epoch(checkpoint: str) -> int | None:
+    """The epoch the checkpoint holds, or None (none there, or fit will say what is wrong)."""
+    from .checkpoint import load_checkpoint
+
+    if not os.path.isfile(checkpoint) or os.path.islink(checkpoint):
+        return None
+    try:
+        epoch = load_checkpoint(checkpoint)[1].get("epoch")
+    except (OSError, ValueError):
+        return None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
+# what fit calls a setting, as the command line names it
+FLAGS = {"lr": "--lr", "seed": "--seed", "batch_size": "--batch-size", "z_dim": "--z-dim",
+         "hidden": "--hidden", "likelihood": "--likelihood", "x_dim": "--data (image size)",
+         "stochastic_binarization": "--binarize stochastic", "n_samples": "n_samples",
+         "objective": "the objective", "min_log_var": "the variance floor",
+         "train": "the training data (--data, --mnist-root, --binarize, --seed)",
+         "test": "the test data (--data, --mnist-root, --binarize, --seed)"}
+AFRESH = "or --no-resume to start afresh and overwrite it, or another --out"
+
+
+def _refusal_in_flags(err, checkpoint: str, epochs: int) -> str:
+    """A resume refusal (vaetut.run.resume.ResumeRefused) phrased in the command's flags."""
+    if err.stored_epoch is not None:
+        return (f"{checkpoint!r} holds epoch {err.stored_epoch}, more than --epochs {epochs} "
+                f"asks for; pass --epochs {err.stored_epoch} to get it as it is or more to "
+                f"train on, {AFRESH}")
+    if not err.differences:
+        return str(err)
+    parts = []
+    for key, stored, given in err.differences:
+        if key in ("train", "test"):
+            parts.append(f"{FLAGS[key]} differ")
+        elif key == "stochastic_binarization":
+            parts.append(f"{FLAGS[key]}: {'used' if stored else 'not used'} in the checkpoint, "
+                         f"{'used' if given else 'not used'} now")
+        else:
+            parts.append(f"{FLAGS.get(key, key)}: {stored!r} in the checkpoint, {given!r} now")
+    return (f"cannot resume from {checkpoint!r}: it was written by another run ("
+            + "; ".join(parts) + f"). Rerun with the checkpoint's settings to continue it, "
+            + AFRESH)
+
+
+def train(args: argparse.Namespace) -> int:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .. import VAE, data, fit, plots
+    from . import distributed
+    from .checkpoint import acquire_checkpoint_lock, atomic_write, check_checkpoint_path
+
+    binarize = None if args.binarize == "none" else args.binarize
+    main_rank = distributed.env_rank() == 0
+    if args.likelihood == "gaussian" and binarize is not None and main_rank:
+        print(f"vaetut train: warning: --likelihood gaussian on binarized pixels (--binarize "
+              f"{args.binarize}): a Gaussian density on pixels that are 0 or 1 grows without "
+              "bound as its variance shrinks, so its ELBO means little; use --binarize none "
+              "for grey levels, or --likelihood bernoulli", file=sys.stderr)
+    if args.download and args.data != "mnist":
+        raise ValueError("--download fetches MNIST's IDX files; use it with --data mnist")
+    if args.data == "digits":
+        dataset = data.load_digits(binarize=binarize, seed=args.seed)
+    else:
+        dataset = data.load_mnist(args.mnist_root, binarize=binarize, seed=args.seed,
+                                  download=args.download)
+    torch.manual_seed(args.seed)
+    model = VAE(dataset.x_dim, args.z_dim, tuple(args.hidden), args.likelihood)
+    checkpoint = os.path.join(args.out, "checkpoint.pt")
+    args.checkpoint = checkpoint  # for main's messages
+    created = _prepare_out(args.out)
+    try:
+        check_checkpoint_path(checkpoint, name="--out's checkpoint")
+    except ValueError:
+        _remove_created(created)
+        raise
+    lock = None
+    written = False
+    try:
+        if main_rank:  # held for the whole run: checkpoint, history.json and samples.png
+            lock = acquire_checkpoint_lock(checkpoint)
+        before = None if args.no_resume else _stored_epoch(checkpoint)
+        history = fit(model, dataset.train, dataset.test, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, device=args.device,
+                      seed=args.seed, progress=not args.no_progress, checkpoint=checkpoint,
+                      resume=not args.no_resume,
+                      stochastic_binarization=binarize == "stochastic")
+        written = True
+        distributed.leave()  # under torchrun: all collectives are done
+        if not main_rank:  # under torchrun, rank 0 alone writes and reports
+            return 0
+        history_path = os.path.join(args.out, "history.json")
+        atomic_write(history_path, history.to_json)
+        model.cpu().eval()
+        x = dataset.test[:10]
+        fig = plots.image_rows({  # titled rows that never touch the row above
+            "test images": x, "reconstructions": model.reconstruct(x),
+            "samples from the prior": model.sample(10, torch.Generator().manual_seed(args.seed)),
+        }, dataset.image_shape)
+        samples_path = os.path.join(args.out, "samples.png")
+        atomic_write(samples_path, lambda tmp: fig.savefig(tmp, format="png", dpi=120,
+                                                           bbox_inches="tight"))
+        plt.close(fig)
+    except BaseException:
+        if created and not written:  # a failed start leaves no empty folders behind
+            _remove_created(created, lock.lock_file if lock is not None else None)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+    if before is not None and before >= args.epochs:
+        print(f"already complete: {checkpoint} held all {args.epochs} epochs; nothing was "
+              "trained (--no-resume to train afresh, or more --epochs to go on)")
+    elif before is not None:
+        print(f"resumed {checkpoint} from epoch {before}; trained epochs {before + 1} to "
+              f"{args.epochs}")
+    print(f"wrote {checkpoint}, {history_path} and {samples_path}")
+    last = history.records[-1]
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in last.items()}))
+    return 0
+
+
+def _interrupted_note(checkpoint: str | None) -> str:
+    if checkpoint is None:
+        return "nothing was written"
+    epoch = _stored_epoch(checkpoint)
+    if epoch is None:
+        return f"no checkpoint was written to {checkpoint}"
+    return (f"{checkpoint} holds epoch {epoch}; rerun the same command to resume from it")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        from .checkpoint import CheckpointLockedError
+        from .resume import ResumeRefused
+        from .steps import NonFiniteLossError
+
+        args.checkpoint = None
+        try:
+            return train(args)
+        except KeyboardInterrupt:
+            print(f"vaetut train: interrupted; {_interrupted_note(args.checkpoint)}",
+                  file=sys.stderr)
+            return 130
+        except ResumeRefused as err:
+            print(f"vaetut train: error: {_refusal_in_flags(err, args.checkpoint, args.epochs)}",
+                  file=sys.stderr)
+            return 2
+        except (FileNotFoundError, ValueError, CheckpointLockedError) as err:
+            # bad input: a message, not a traceback
+            print(f"vaetut train: error: {err}", file=sys.stderr)
+            return 2
+        except NonFiniteLossError as err:  # training diverged: the message says where
+            print(f"vaetut train: training diverged: {err}", file=sys.stderr)
+            return 1
+        except OSError as err:  # a file that cannot be read or written: say which
+            print(f"vaetut train: error: {err}", file=sys.stderr)
+            return 2
+    return 0  # unreachable: argparse requires a known command
+
