@@ -16,7 +16,7 @@ import torch
 import vaetut
 from helpers import run, small_model
 from vaetut.run import checkpoint as checkpoint_module
-from vaetut.diagnostics import KLAnnealing, Scaled, pixel_mean_elbo
+from vaetut.objective import KLAnnealing, Scaled, pixel_mean_elbo
 
 
 def _args(digits, **changes):
@@ -89,13 +89,13 @@ def test_2_the_stale_sweep_spares_a_siblings_live_temporary(tmp_path):
 
 # ----- 3 and 11. links at a destination ---------------------------------------------------
 def test_3_atomic_write_replaces_a_planted_link_instead_of_writing_through_it(tmp_path):
-    from vaetut.run.checkpoint import atomic_write
+    from vaetut.files import atomic_write
 
     victim = tmp_path / "victim"
     victim.write_text("precious")
     link = tmp_path / "history.json"
     link.symlink_to(victim)
-    atomic_write(link, lambda tmp: pathlib.Path(tmp).write_text("[]"))
+    atomic_write(link, lambda f: f.write(b"[]"))
     assert victim.read_text() == "precious"
     assert not link.is_symlink() and link.read_text() == "[]"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json", "victim"]

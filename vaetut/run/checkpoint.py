@@ -7,8 +7,6 @@ import io
 import math
 import os
 import pickle
-import re
-import secrets
 import socket
 import stat
 import sys
@@ -19,7 +17,8 @@ from typing import Any, Callable, Iterator
 import filelock
 import torch
 
-from ..model import VAE, _check_dims, check_min_log_var
+from ..files import atomic_write, refuse_folder
+from ..model import VAE, check_architecture, check_min_log_var
 
 FORMAT_VERSION = 1
 # what torch.load(weights_only=True) reads back (tensors, plain data and a few torch types)
@@ -27,7 +26,6 @@ _PLAIN = (type(None), bool, int, float, complex, str, bytes)
 _CONTAINERS = (dict, collections.OrderedDict, list, tuple, set)
 _TORCH = (torch.Size, torch.dtype, torch.device)
 _RESERVED = ("format_version", "config", "model")
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CONFIG_KEYS = ("x_dim", "z_dim", "hidden", "likelihood")
 
 
@@ -55,74 +53,6 @@ def _check_loadable(value: Any, where: str) -> None:
         "torch.from_numpy(array) or array.tolist()")
 
 
-def _temp_prefix(path: str) -> str:
-    return f".{os.path.basename(path)}."
-
-
-def _temp_pattern(path: str) -> re.Pattern:
-    """The exact names the writer gives the temporaries of `path`: .NAME.PID.HEX8.tmp."""
-    return re.compile(re.escape(_temp_prefix(path)) + r"(\d+)\.[0-9a-f]{8}\.tmp")
-
-
-def _remove_stale_temporaries(path: str) -> None:
-    """Remove the temporaries of `path` left by saves killed mid-write: those whose
-    writing process (the pid in the name) no longer runs on this machine. Only names of
-    exactly the form the writer makes (.NAME.PID.HEX8.tmp) are considered, so the
-    temporaries of a sibling such as NAME.54321 are never touched."""
-    folder, pattern = os.path.dirname(path) or ".", _temp_pattern(path)
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return
-    for name in names:
-        match = pattern.fullmatch(name)
-        if match is None:
-            continue
-        try:
-            os.kill(int(match.group(1)), 0)
-            continue  # that process still runs (PermissionError: as another user): keep
-        except PermissionError:
-            continue
-        except (ProcessLookupError, OverflowError):
-            pass  # no such process: the save that wrote this was killed
-        try:
-            os.remove(os.path.join(folder, name))
-        except OSError:
-            pass
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Write a file at `path` atomically: `write(tmp)` fills a new temporary
-    `.NAME.PID.RANDOM.tmp` in the same folder (created here, exclusively, with mode 0666
-    less the umask), which is flushed to disk and renamed over `path`. A symbolic link
-    planted at `path` is replaced, never written through; a process killed mid-write
-    leaves what `path` held before. The stale temporaries of killed writers are removed."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    target = os.path.join(folder, os.path.basename(path))
-    _remove_stale_temporaries(target)
-    tmp = os.path.join(folder, f"{_temp_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666))
-            write(tmp)
-            fd = os.open(tmp, os.O_RDONLY | _NOFOLLOW)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)  # rename(2) replaces a link at target, never its target
-        except OSError as err:  # name the file the caller asked for, not the temporary
-            raise type(err)(err.errno, f"cannot write {path!r}: {err.strerror or err}") from err
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-
-
 # ----- one writer per checkpoint ----------------------------------------------------------
 class CheckpointLockedError(RuntimeError):
     """Another process is writing to this checkpoint (it holds the checkpoint's lock)."""
@@ -136,11 +66,20 @@ def lock_path(path: str | os.PathLike) -> str:
 
 def _describe_holder(fd: int) -> None:
     """filelock's on_acquired hook: write who holds the lock into the lock file, so that a
-    refused writer can name it."""
+    refused writer can name it; but only into a regular file of one name, checked on the
+    descriptor: a hard link planted at the lock's name would have its target truncated."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        raise _NotALockFile(_file_kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else
+                            f"a file with {st.st_nlink} names (a hard link)")
     text = (f"pid {os.getpid()} on {socket.gethostname()}: "
             + " ".join(sys.argv)[:300] + "\n").encode("utf-8", "replace")
     os.ftruncate(fd, 0)
     os.pwrite(fd, text, 0)
+
+
+class _NotALockFile(Exception):
+    """What _describe_holder found at the lock's name instead of a lock file."""
 
 
 def checkpoint_lock(path: str | os.PathLike) -> filelock.FileLock:
@@ -161,7 +100,15 @@ def acquire_checkpoint_lock(path: str | os.PathLike) -> filelock.FileLock:
     lock = checkpoint_lock(path)
     os.makedirs(os.path.dirname(lock.lock_file), exist_ok=True)
     try:
+        if os.path.lexists(lock.lock_file):  # a FIFO or a device fails in flock, before the hook
+            mode = os.lstat(lock.lock_file).st_mode
+            if not stat.S_ISREG(mode):
+                raise _NotALockFile(_file_kind(mode))
         lock.acquire()
+    except _NotALockFile as err:
+        raise ValueError(f"{lock.lock_file!r}, the lock file of checkpoint {os.fspath(path)!r}, "
+                         f"is {err}, not a lock file; nothing is written through it: remove it "
+                         "(a lock file is a regular file, made if missing)") from None
     except filelock.Timeout:
         try:
             with open(lock.lock_file, encoding="utf-8", errors="replace") as f:
@@ -233,15 +180,12 @@ def _file_kind(mode: int) -> str:
 
 def save_checkpoint(path: str | os.PathLike, model: VAE, **state: Any) -> None:
     """Write the model's config and weights, plus any `state` (optimizer and generator
-    states, history, epoch), to `path` atomically (see `atomic_write`).
-
-    The file is written to a temporary file `.NAME.PID.RANDOM.tmp` in the same folder and
-    renamed over `path`, so a process killed mid-write leaves the previous checkpoint
-    intact; the temporaries such kills leave are removed by the next save to `path`. A
-    symbolic link at `path` is replaced by the file, never written through. The file gets
-    the usual mode (0666 less the umask). `state` may hold tensors and plain Python data
-    only (what load_checkpoint reads back); anything else is a ValueError, raised before
-    anything is written.
+    states, history, epoch), to `path` atomically (vaetut.files.atomic_write: a process
+    killed mid-write leaves the previous checkpoint intact, a link at `path` is replaced,
+    never written through), holding the checkpoint's writer lock (`writer_lock`): a save to
+    a checkpoint another process is writing is a CheckpointLockedError. `state` may hold
+    tensors and plain Python data only (what load_checkpoint reads back); anything else is
+    a ValueError, raised before anything is written.
     """
     if not isinstance(model, VAE):
         raise ValueError(f"model must be a vaetut.VAE, got {type(model).__name__}")
@@ -255,12 +199,9 @@ def save_checkpoint(path: str | os.PathLike, model: VAE, **state: Any) -> None:
                "model": model.state_dict(), **state}
     buffer = io.BytesIO()  # serialized first: a failed write is then an OSError, not torch's
     torch.save(payload, buffer)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
-
-    atomic_write(path, write)
+    refuse_folder(os.fspath(path))  # before the lock: its file would be made beside the folder
+    with writer_lock(path):
+        atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def _map_location(map_location: Any) -> torch.device:
@@ -364,7 +305,7 @@ def check_config(config: Any, where: str) -> dict:
     if isinstance(kwargs["hidden"], list):
         kwargs["hidden"] = tuple(kwargs["hidden"])
     try:
-        _check_dims(kwargs["x_dim"], kwargs["z_dim"], kwargs["hidden"], kwargs["likelihood"])
+        check_architecture(kwargs["x_dim"], kwargs["z_dim"], kwargs["hidden"], kwargs["likelihood"])
         check_min_log_var(kwargs.get("min_log_var"))
     except ValueError as err:
         raise ValueError(f"{where}: its model config {config!r} does not describe a VAE "

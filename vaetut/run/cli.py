@@ -200,7 +200,8 @@ def train(args: argparse.Namespace) -> int:
 
     from .. import VAE, data, fit, plots
     from . import distributed
-    from .checkpoint import acquire_checkpoint_lock, atomic_write, check_checkpoint_path
+    from ..files import atomic_write
+    from .checkpoint import acquire_checkpoint_lock, check_checkpoint_path
 
     binarize = None if args.binarize == "none" else args.binarize
     main_rank = distributed.env_rank() == 0
@@ -242,7 +243,7 @@ def train(args: argparse.Namespace) -> int:
         if not main_rank:  # under torchrun, rank 0 alone writes and reports
             return 0
         history_path = os.path.join(args.out, "history.json")
-        atomic_write(history_path, history.to_json)
+        history.to_json(history_path)
         model.cpu().eval()
         x = dataset.test[:10]
         fig = plots.image_rows({  # titled rows that never touch the row above
@@ -250,8 +251,8 @@ def train(args: argparse.Namespace) -> int:
             "samples from the prior": model.sample(10, torch.Generator().manual_seed(args.seed)),
         }, dataset.image_shape)
         samples_path = os.path.join(args.out, "samples.png")
-        atomic_write(samples_path, lambda tmp: fig.savefig(tmp, format="png", dpi=120,
-                                                           bbox_inches="tight"))
+        atomic_write(samples_path, lambda f: fig.savefig(f, format="png", dpi=120,
+                                                         bbox_inches="tight"))
         plt.close(fig)
     except BaseException:
         if created and not written:  # a failed start leaves no empty folders behind

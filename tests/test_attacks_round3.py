@@ -1,0 +1,117 @@
+"""Issue 31, robustness round three: the attacks on writing, locking, archives, data files and
+the command line. Each test is named after the item it covers."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import vaetut
+from vaetut.run import checkpoint as checkpoint_module
+
+real_open = os.open
+
+
+def _plant_link_at_temporaries(monkeypatch, victim, names=None):
+    """Make os.open, right after it creates a writer's temporary (.NAME.*.tmp, O_CREAT), swap
+    a symbolic link to `victim` in at that name: the race a process that can write in the
+    folder runs against the writer, made deterministic."""
+    planted = []
+
+    def racing_open(path, flags, *args, **kwargs):
+        fd = real_open(path, flags, *args, **kwargs)
+        name = os.path.basename(os.fspath(path))
+        if flags & os.O_CREAT and name.endswith(".tmp") and (
+                names is None or any(name.startswith(f".{n}.") for n in names)):
+            os.remove(path)
+            os.symlink(victim, path)
+            planted.append(name)
+        return fd
+
+    monkeypatch.setattr(os, "open", racing_open)
+    return planted
+
+
+# ----- 1. a write goes through the descriptor it created, never a link swapped in ----------
+def test_1_a_link_swapped_in_at_the_temporary_receives_no_checkpoint_bytes(tmp_path, monkeypatch):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    planted = _plant_link_at_temporaries(monkeypatch, victim)
+    with pytest.raises(OSError, match=r"ck\.pt.*replaced while it was written"):
+        vaetut.save_checkpoint(tmp_path / "ck.pt", vaetut.VAE(10, 3))
+    monkeypatch.undo()
+    assert planted and victim.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ck.pt.lock", "victim"]
+
+
+def test_1_the_cli_writes_history_and_picture_through_their_descriptors(tmp_path, monkeypatch):
+    from vaetut.run.cli import main
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    out = tmp_path / "run"
+    planted = _plant_link_at_temporaries(monkeypatch, victim, ("history.json", "samples.png"))
+    code = main(["train", "--epochs", "1", "--hidden", "8", "--z-dim", "2", "--no-progress",
+                 "--out", str(out)])
+    monkeypatch.undo()
+    assert planted == [n for n in planted if n.startswith(".history.json.")] and code == 2
+    assert victim.read_bytes() == b"precious" and not (out / "history.json").exists()
+    planted = _plant_link_at_temporaries(monkeypatch, victim, ("samples.png",))
+    assert main(["train", "--epochs", "1", "--hidden", "8", "--z-dim", "2", "--no-progress",
+                 "--out", str(out)]) == 2
+    monkeypatch.undo()
+    assert planted and victim.read_bytes() == b"precious" and not (out / "samples.png").exists()
+
+
+def test_1_save_checkpoint_to_a_folder_says_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for path in (".", str(tmp_path)):
+        with pytest.raises(IsADirectoryError, match="is a folder; name a file"):
+            vaetut.save_checkpoint(path, vaetut.VAE(10, 3))
+
+
+# ----- 2. the lock file: never written through a hard link, a FIFO or a device ------------
+def test_2_a_hard_link_planted_at_the_lock_file_is_refused_not_truncated(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    os.link(victim, tmp_path / ".ck.pt.lock")
+    with pytest.raises(ValueError, match=r"\.ck\.pt\.lock.*hard link.*remove it"):
+        vaetut.save_checkpoint(tmp_path / "ck.pt", vaetut.VAE(10, 3))
+    assert victim.read_text() == "precious" and not (tmp_path / "ck.pt").exists()
+
+
+def test_2_a_fifo_as_the_lock_file_is_named(tmp_path):
+    os.mkfifo(tmp_path / ".ck.pt.lock")
+    with pytest.raises(ValueError, match=r"\.ck\.pt\.lock.*FIFO"):
+        with checkpoint_module.writer_lock(tmp_path / "ck.pt"):
+            pass
+
+
+# ----- 3. every writer of a checkpoint takes its lock --------------------------------------
+HOLDER = """
+import sys, time
+from vaetut.run.checkpoint import writer_lock
+with writer_lock(sys.argv[1]):
+    print("holding", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_3_save_checkpoint_refuses_a_checkpoint_another_process_writes(tmp_path):
+    path = tmp_path / "ck.pt"
+    vaetut.save_checkpoint(path, vaetut.VAE(10, 3), epoch=1)
+    before = path.read_bytes()
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+        with pytest.raises(checkpoint_module.CheckpointLockedError, match=f"pid {proc.pid}"):
+            vaetut.save_checkpoint(path, vaetut.VAE(10, 3), epoch=2)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert path.read_bytes() == before
+    with checkpoint_module.writer_lock(path):  # re-entrant: fit holds it around its saves
+        vaetut.save_checkpoint(path, vaetut.VAE(10, 3), epoch=3)
+    assert vaetut.load_checkpoint(path)[1]["epoch"] == 3
