@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -56,6 +57,10 @@ from vaetut.run.device import pick_device
 from vaetut.model import VAE
 from vaetut.objective import elbo, iwae_bound
 from vaetut.run.train import fit
+
+# the CPU's name comes from validation/machine.py, which the numerics battery records too
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "validation"))
+from machine import cpu_name  # noqa: E402
 
 SCHEMA = 1
 BASELINE_BATCH = 128
@@ -93,17 +98,6 @@ def iwae_flops(model: torch.nn.Module, n_images: int, k: int) -> int:
 
 
 # ----------------------------------------------------------------------------- machine
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":

@@ -8,17 +8,18 @@
 # Usage: bash benchmarks/gpu_check.sh OUT_DIR   (python3 with a CUDA build of torch, nbval,
 # pytest-xdist and pytest-timeout importable; the repository root as working directory).
 # Everything ends up in OUT_DIR.tar.gz as well (a lent machine may send back only a few
-# files); tools/gpu_record.py turns OUT_DIR into benchmarks/results/gpu-checks/*.json.
+# files); benchmarks/gpu_record.py turns OUT_DIR into benchmarks/results/gpu-checks/*.json.
 # Lesson of the first run (2026-11-28): the unit tests, the CUDA chapters and the CPU chapters
 # at once share 16 cores, so the chapter times are not timings; give TESTS_S room.
 set -u
 OUT=$(realpath -m "${1:?usage: gpu_check.sh OUT_DIR}")
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" MPLBACKEND=Agg
-python3 -c "import torch, platform, json; print(json.dumps({'torch': torch.__version__,
-  'cuda': torch.version.cuda, 'device': torch.cuda.get_device_name(),
-  'cpu': platform.processor() or open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].split(chr(10))[0].strip(),
-  'cpu_count': __import__('os').cpu_count()}))" > "$OUT/machine.json"
+PYTHONPATH="$PWD/validation:$PYTHONPATH" python3 -c "import torch, os, json
+from machine import cpu_name
+print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda,
+  'device': torch.cuda.get_device_name(), 'cpu': cpu_name(), 'cpu_count': os.cpu_count()}))" \
+    > "$OUT/machine.json"
 cat "$OUT/machine.json"
 
 timeout "${BENCH_S:-150}" python3 benchmarks/bench.py --device cuda --only mnist --rounds 1 \
@@ -45,10 +46,10 @@ chapters=$!
     # a reader without a GPU on this machine: CUDA hidden, 4 threads (the other jobs share
     # the cores). On a copy, since executing rewrites the notebooks' outputs.
     copy=$(mktemp -d)
-    cp -r book benchmarks tools vaetut numerics.env "$copy"
+    cp -r book benchmarks validation vaetut numerics.env "$copy"
     cd "$copy" && CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=4 MKL_NUM_THREADS=4 \
         PYTHONPATH="$copy:$PYTHONPATH" \
-        timeout "${CPU_S:-220}" python3 tools/execute_notebooks.py book/*.ipynb \
+        timeout "${CPU_S:-220}" python3 validation/execute_notebooks.py book/*.ipynb \
         --times "$OUT/times-cpu.json" > "$OUT/chapters-cpu.log" 2>&1
 ) &
 cpu=$!
@@ -58,7 +59,7 @@ cpu=$!
     for knobs in "X=1" "MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2" \
                  "MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41" \
                  "ATEN_CPU_CAPABILITY=avx512 MKL_CBWR=AUTO"; do
-        echo "$knobs $(env $knobs CUDA_VISIBLE_DEVICES= python3 tools/numerics_fingerprint.py 2>&1 | tail -1)"
+        echo "$knobs $(env $knobs CUDA_VISIBLE_DEVICES= python3 validation/numerics_fingerprint.py 2>&1 | tail -1)"
     done > "$OUT/fingerprints.txt"
 ) &
 

@@ -7,7 +7,8 @@ less: under the pinned settings (MKL's AVX2 code path, ATen's AVX2 kernels), cap
 instructions at AVX2, oneDNN's at SSE4.1 and NumPy's dispatch below AVX-512 must leave a
 training run, an exact-model evidence and a PCA bit-identical. Pinning other kernels must
 change the run (so the fingerprint can see a change). Whether two CPU models compute the
-same is what numerics/fingerprint.json and tools/run_tests.py decide, not these tests.
+same is what validation/numerics/fingerprint.json and validation/run_tests.py decide, not
+these tests.
 """
 import os
 import platform
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PINNED = dict(line.split("=", 1) for line in (ROOT / "numerics.env").read_text().splitlines()
               if line and not line.startswith("#"))
 
-FINGERPRINT = ROOT / "tools" / "numerics_fingerprint.py"
+FINGERPRINT = ROOT / "validation" / "numerics_fingerprint.py"
 
 
 def fingerprint(**changes: str | None) -> str:

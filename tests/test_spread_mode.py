@@ -1,7 +1,7 @@
 """Spread mode (make test where the numerics fingerprint differs): every printed number is
 compared within SPREAD_MULTIPLE times its measured spread; the spreads come from
-tools/measure_spread.py, and tools/run_tests.py picks the mode from the fingerprint."""
-import importlib.util
+validation/measure_spread.py, and validation/run_tests.py picks the mode from the
+fingerprint."""
 import json
 import os
 import shutil
@@ -12,21 +12,16 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from notebook_folder import book_folder
+
 ROOT = Path(__file__).resolve().parents[1]
+VALIDATION = ROOT / "validation"
+sys.path.insert(0, str(VALIDATION))  # a folder of scripts, not a package
+import measure_spread  # noqa: E402
+import notebook_compare as conf  # noqa: E402
+import numerics_battery as battery  # noqa: E402
+import run_tests  # noqa: E402
 
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-conf = _load("book_conftest", ROOT / "book" / "conftest.py")
-sys.path.insert(0, str(ROOT / "tools"))
-measure_spread = _load("measure_spread", ROOT / "tools" / "measure_spread.py")
-run_tests = _load("run_tests", ROOT / "tools" / "run_tests.py")
-battery = _load("numerics_battery", ROOT / "tools" / "numerics_battery.py")
 K = conf.SPREAD_MULTIPLE
 
 
@@ -137,23 +132,24 @@ def _notebook(stored_output, spread):
 
 
 def _nbval_spread(tmp_path, stored_output, spread):
-    shutil.copy(ROOT / "book" / "conftest.py", tmp_path / "conftest.py")
-    nbformat.write(_notebook(stored_output, spread), tmp_path / "cell.ipynb")
+    book = book_folder(tmp_path)
+    nbformat.write(_notebook(stored_output, spread), book / "cell.ipynb")
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            "--nbval", "--nbval-spread", "--nbval-current-env",
-                           str(tmp_path / "cell.ipynb")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                           str(book / "cell.ipynb")],
+                          cwd=book, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.slow
 def test_nbval_in_spread_mode_passes_inside_and_fails_outside(tmp_path):
     # the cell prints "0.3000 nats"; stored 0.3100 with spread 0.003 (allowed 0.012)
-    inside = _nbval_spread(tmp_path, "0.3100 nats\n", [0.003])
+    inside = _nbval_spread(tmp_path / "inside", "0.3100 nats\n", [0.003])
     assert inside.returncode == 0, inside.stdout + inside.stderr
-    outside = _nbval_spread(tmp_path, "0.3100 nats\n", [0.002])  # allowed 0.008 < 0.01
+    outside = _nbval_spread(tmp_path / "outside", "0.3100 nats\n", [0.002])  # allowed 0.008 < 0.01
     assert outside.returncode == 1, outside.stdout + outside.stderr
     assert "differs beyond the tolerance" in outside.stdout
-    unmeasured = _nbval_spread(tmp_path, "0.3000 nats\n", None)  # equal, but never measured
+    # equal, but never measured
+    unmeasured = _nbval_spread(tmp_path / "unmeasured", "0.3000 nats\n", None)
     assert unmeasured.returncode == 1 and "make spread" in unmeasured.stdout
 
 
@@ -165,7 +161,7 @@ def test_the_fingerprint_names_the_kernels_that_differ():
 
 
 def test_the_stored_fingerprint_was_written_under_the_pins():
-    stored = json.loads((ROOT / "numerics" / "fingerprint.json").read_text())
+    stored = json.loads((VALIDATION / "numerics" / "fingerprint.json").read_text())
     pinned = dict(line.split("=", 1) for line in (ROOT / "numerics.env").read_text().splitlines()
                   if line and not line.startswith("#"))
     assert {k: stored["meta"]["env"].get(k) for k in pinned if k in stored["meta"]["env"]} == \
@@ -174,15 +170,60 @@ def test_the_stored_fingerprint_was_written_under_the_pins():
     assert any(k.startswith("train/iwae") for k in stored["hash"])
 
 
+# The "other machine" of the tests below is this machine's own battery with these kernels'
+# hashes changed: then exactly these differ, on any CPU. (Built from the stored fingerprint
+# instead, it differs on another machine in dozens of kernels more: 41 on an AMD EPYC, where
+# the line lists the first 8 only.)
+CHANGED = ("exp/contiguous", "mm/128x784x400", "train/iwae_k10_8epochs")
+
+
+def _as_if_computed_elsewhere(fingerprint: dict, changed=CHANGED) -> dict:
+    """`fingerprint` with the hashes of `changed` flipped in their last bit."""
+    hashes = dict(fingerprint["hash"])
+    for name in changed:
+        hashes[name] = f"{int(hashes[name], 16) ^ 1:016x}"
+    return {**fingerprint, "hash": hashes}
+
+
+def _differ_line(names, total, where):
+    return f"{len(names)} of {total} kernels differ from {where}: {', '.join(sorted(names))}"
+
+
+@pytest.mark.parametrize("this_machine", ["fingerprint.json", "fingerprint-amd-epyc-zen3.json"])
+def test_the_check_names_exactly_the_kernels_that_differ_from_this_machine(this_machine):
+    # "this machine" is the Intel Xeon that wrote the outputs, then the AMD EPYC whose run
+    # found the test machine-dependent: the check reads only hashes, so either can play it
+    mine = json.loads((VALIDATION / "numerics" / this_machine).read_text())
+    total = len(mine["hash"])
+    assert battery.check_line(mine, mine, "ref") == (True, f"all {total} kernels match ref")
+    other = _as_if_computed_elsewhere(mine)
+    assert battery.check_line(mine, other, "ref") == (False, _differ_line(CHANGED, total, "ref"))
+
+
+def test_a_long_list_of_differing_kernels_is_cut_after_eight():
+    intel, amd = (json.loads((VALIDATION / "numerics" / name).read_text())
+                  for name in ("fingerprint.json", "fingerprint-amd-epyc-zen3.json"))
+    matches, line = battery.check_line(amd, intel, "ref")
+    bad = battery.differing(amd, intel)
+    assert not matches and len(bad) > 8
+    assert line == (f"{len(bad)} of {len(amd['hash'])} kernels differ from ref: "
+                    f"{', '.join(bad[:8])} and {len(bad) - 8} more")
+
+
 @pytest.mark.slow
 def test_a_machine_whose_kernels_differ_runs_spread_mode(tmp_path, monkeypatch):
-    stored = json.loads((ROOT / "numerics" / "fingerprint.json").read_text())
-    stored["hash"]["exp/contiguous"] = "0" * 16  # as if exp rounded differently here
-    other = tmp_path / "fingerprint.json"
-    other.write_text(json.dumps(stored))
+    # this machine's battery, measured as `make test` measures it; then the same with three
+    # kernels changed, as another machine would compute them
+    mine = tmp_path / "mine.json"
+    subprocess.run([sys.executable, str(VALIDATION / "numerics_battery.py"), "--fingerprint",
+                    str(mine)], cwd=ROOT, check=True, capture_output=True, timeout=600)
+    fingerprint = json.loads(mine.read_text())
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(_as_if_computed_elsewhere(fingerprint)))
     monkeypatch.setattr(run_tests, "FINGERPRINT", other)
     mode, why = run_tests.choose_mode(strict=False)
-    assert mode == "spread" and "exp/contiguous" in why
+    assert mode == "spread"
+    assert why.endswith(f"({_differ_line(CHANGED, len(fingerprint['hash']), other)})"), why
     assert run_tests.choose_mode(strict=True)[0] == "strict"
 
 

@@ -4,7 +4,7 @@ rounding changes, and store it in the cell's metadata (`make spread`).
 Each notebook is re-executed under a few PERTURBATIONS of numerics.env: settings that send
 the same computations to other kernels (ATen's baseline or AVX-512 code, MKL's compatible
 code path) and so round differently, without changing a random draw's stream. For every
-code cell, every printed number (as book/conftest.py reads them: sanitized, per output
+code cell, every printed number (as validation/notebook_compare.py reads them: sanitized, per output
 kind) is compared with the stored output, and the largest deviation over the perturbed
 runs is written to cell.metadata["vaetut"]["spread"] = {output kind: [[spread per number]
 per output]}. Spread mode (`make test` where the numerics fingerprint differs) then accepts
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import math
 import os
@@ -35,7 +34,10 @@ from pathlib import Path
 import nbformat
 from nbval.plugin import coalesce_streams, get_sanitize_patterns
 
-ROOT = Path(__file__).resolve().parent.parent
+import notebook_compare as compare
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 SANITIZE = ROOT / "book" / "nbval_sanitize.cfg"
 # What nbval leaves out of a comparison (nbval.plugin.IPyNbFile.skip_compare, no nbdime).
 SKIP = ("metadata", "traceback", "prompt_number", "output_type", "name", "execution_count",
@@ -43,7 +45,7 @@ SKIP = ("metadata", "traceback", "prompt_number", "output_type", "name", "execut
 NOT_COMPARED = {"nbval-ignore-output", "nbval-skip", "raises-exception"}
 
 # Each changes which kernels run, not what is drawn (x86-64 settings; numerics.env pins
-# ATEN_CPU_CAPABILITY=avx2 and MKL_CBWR=AVX2). mkl-not-intel preloads tools/mkl_not_intel.c,
+# ATEN_CPU_CAPABILITY=avx2 and MKL_CBWR=AVX2). mkl-not-intel preloads mkl_not_intel.c (here),
 # which makes MKL take the paths it takes on a non-Intel CPU: the vendor-dependent part of
 # another machine's run (see that file).
 SHIM = "mkl_not_intel"
@@ -54,26 +56,21 @@ PERTURBATIONS = {
     "mkl-avx512": {"MKL_CBWR": "AVX512"},
     "mkl-not-intel": {"LD_PRELOAD": f"{{build}}/{SHIM}.so"},
 }
+# Run only when named with --only.
+EXTRA_PERTURBATIONS: dict[str, dict[str, str]] = {}
 
 
 def build_shim(build: Path) -> None:
-    """Compile tools/mkl_not_intel.c into build/ (a C compiler is needed: cc, or $CC)."""
+    """Compile validation/mkl_not_intel.c into build/ (a C compiler is needed: cc, or $CC)."""
     compiler = os.environ.get("CC", "cc")
     try:
         subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(build / f"{SHIM}.so"),
-                        str(ROOT / "tools" / f"{SHIM}.c")], check=True, capture_output=True,
+                        str(HERE / f"{SHIM}.c")], check=True, capture_output=True,
                        text=True)
     except (OSError, subprocess.CalledProcessError) as err:
         raise SystemExit(f"measure_spread: the mkl-not-intel perturbation needs a C compiler "
                          f"({compiler}): {getattr(err, 'stderr', '') or err}; "
                          "or leave it out with --only")
-
-
-def _conftest():
-    spec = importlib.util.spec_from_file_location("book_conftest", ROOT / "book" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _sanitizer():
@@ -122,7 +119,7 @@ def cell_spread(stored_outputs, runs_outputs, flatten, numbers_in, split):
 
 def execute_perturbed(notebook: Path, env: dict[str, str], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "execute_notebooks.py"),
+    done = subprocess.run([sys.executable, str(HERE / "execute_notebooks.py"),
                            str(notebook), "--out-dir", str(out_dir)],
                           env={**os.environ, **env, "CUDA_VISIBLE_DEVICES": ""},
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -148,8 +145,8 @@ def measure(notebook: Path, perturbations: dict[str, dict[str, str]],
             add: bool = False) -> tuple[int, list[str]]:
     """Write the spreads into `notebook`; return (numbers measured, problems). With `add`,
     keep the spreads already stored and widen them by these perturbations' runs."""
-    conf, sanitize = _conftest(), _sanitizer()
-    flatten = lambda outputs: conf.flatten_outputs(outputs, sanitize, SKIP)  # noqa: E731
+    sanitize = _sanitizer()
+    flatten = lambda outputs: compare.flatten_outputs(outputs, sanitize, SKIP)  # noqa: E731
     stored = nbformat.read(notebook, as_version=4)
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,7 +168,7 @@ def measure(notebook: Path, perturbations: dict[str, dict[str, str]],
             continue
         try:
             spread = cell_spread(cell.outputs, {n: r.cells[index].outputs for n, r in runs.items()},
-                                 flatten, conf.numbers_in, conf.words_between_numbers)
+                                 flatten, compare.numbers_in, compare.words_between_numbers)
             if add and before is not None:
                 spread = merge_spreads(before, spread)
         except ValueError as err:
@@ -194,13 +191,16 @@ def measure(notebook: Path, perturbations: dict[str, dict[str, str]],
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
-    parser.add_argument("--only", action="append", choices=sorted(PERTURBATIONS),
-                        help="run only these perturbations (default: all)")
+    parser.add_argument("--only", action="append",
+                        choices=sorted({**PERTURBATIONS, **EXTRA_PERTURBATIONS}),
+                        help="run only these perturbations (default: "
+                             f"{', '.join(PERTURBATIONS)})")
     parser.add_argument("--add", action="store_true",
                         help="keep the spreads already stored and widen them by these runs "
                              "(after adding a perturbation, on unchanged outputs)")
     args = parser.parse_args(argv)
-    chosen = {k: v for k, v in PERTURBATIONS.items() if not args.only or k in args.only}
+    chosen = ({k: v for k, v in {**PERTURBATIONS, **EXTRA_PERTURBATIONS}.items()
+               if k in args.only} if args.only else PERTURBATIONS)
     failed = False
     for notebook in args.notebooks:
         counted, problems = measure(notebook, chosen, add=args.add)

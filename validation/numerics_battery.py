@@ -1,19 +1,20 @@
 """The float32 CPU kernels the book's chapters use, each computed several ways on fixed
 inputs and hashed bit for bit: this machine's numerical fingerprint.
 
-    python tools/numerics_battery.py --out FILE             # the full battery (hashes + samples)
-    python tools/numerics_battery.py --compare A B          # which kernels differ, by how many ulp
-    python tools/numerics_battery.py --check numerics/fingerprint.json   # does this machine match?
+    python validation/numerics_battery.py --out FILE     # the full battery (hashes + samples)
+    python validation/numerics_battery.py --compare A B  # which kernels differ, by how many ulp
+    python validation/numerics_battery.py --check validation/numerics/fingerprint.json
+                                                         # does this machine match?
 
 Strict nbval is a promise only where the machine's kernels are the ones that wrote the stored
-outputs: `make notebooks` writes numerics/fingerprint.json (the hashes) and
-numerics/battery-reference.json.gz (hashes and sampled values) on the machine that re-made the
-outputs, and `make test` runs `--check` first (tools/run_tests.py) to choose strict or tolerance
-mode. Inputs are made deterministically (float64 linspace/arange, then cast), so every machine
-feeds every kernel the same bits. Besides single kernels, two short training runs of chapter 5
-(the ELBO with 10 samples and the IWAE bound, k = 10) are hashed: the IWAE run is the one whose
-weights first parted between an AMD EPYC and an Intel Xeon (issue 19), so it catches a kernel
-that differs on a small fraction of inputs even where no grid below happens to hit it.
+outputs: `make notebooks` writes validation/numerics/fingerprint.json (the hashes) and
+validation/numerics/battery-reference.json.gz (hashes and sampled values) on the machine that
+re-made the outputs, and `make test` runs `--check` first (validation/run_tests.py) to choose
+strict or spread mode. Inputs are made deterministically (float64 linspace/arange, then cast),
+so every machine feeds every kernel the same bits. Besides single kernels, two short training
+runs of chapter 5 (the ELBO with 10 samples and the IWAE bound, k = 10) are hashed: the IWAE
+run is the one whose weights first parted between an AMD EPYC and an Intel Xeon (issue 19), so
+it catches a kernel that differs on a small fraction of inputs even where no grid below hits.
 Adapted from shared/tools/numerics_battery.py (same entries, smaller grids, plus the runs).
 """
 from __future__ import annotations
@@ -28,6 +29,8 @@ import platform
 import sys
 
 import torch
+
+from machine import cpu_name
 
 GRID = 1 << 20
 
@@ -136,17 +139,6 @@ def training_runs(epochs: int = 8) -> dict[str, torch.Tensor]:
     return out
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def measure() -> dict:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     results = {**kernels(), **training_runs()}
@@ -179,6 +171,16 @@ def differing(mine: dict, reference: dict) -> list[str]:
     """The entries whose hashes differ (or that one side lacks)."""
     keys = sorted(set(mine["hash"]) | set(reference["hash"]))
     return [k for k in keys if mine["hash"].get(k) != reference["hash"].get(k)]
+
+
+def check_line(mine: dict, reference: dict, name: str, shown: int = 8) -> tuple[bool, str]:
+    """(whether `mine` matches `reference` hash for hash, the one line `--check` prints: the
+    count of kernels that differ and the first `shown` of their names, sorted)."""
+    bad = differing(mine, reference)
+    if not bad:
+        return True, f"all {len(mine['hash'])} kernels match {name}"
+    listed = ", ".join(bad[:shown]) + (f" and {len(bad) - shown} more" if len(bad) > shown else "")
+    return False, f"{len(bad)} of {len(mine['hash'])} kernels differ from {name}: {listed}"
 
 
 def ulp_report(a: dict, b: dict, key: str) -> str:
@@ -214,12 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.fingerprint:
         _write({"meta": mine["meta"], "hash": mine["hash"]}, args.fingerprint)
     if args.check:
-        bad = differing(mine, _read(args.check))
-        if bad:
-            shown = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
-            print(f"{len(bad)} of {len(mine['hash'])} kernels differ from {args.check}: {shown}")
-            return 1
-        print(f"all {len(mine['hash'])} kernels match {args.check}")
+        matches, line = check_line(mine, _read(args.check), args.check)
+        print(line)
+        return 0 if matches else 1
     return 0
 
 

@@ -1,6 +1,7 @@
 """Turn the folder benchmarks/gpu_check.sh wrote into one JSON record for benchmarks/results/.
 
-    python tools/gpu_record.py OUT_DIR benchmarks/results/gpu-checks/h200-DATE.json --commit REV
+    python benchmarks/gpu_record.py OUT_DIR benchmarks/results/gpu-checks/h200-DATE.json \
+        --commit REV
 
 The record names the device and torch version, and holds: the unit tests' counts and the
 names of any that failed; each chapter's pass/fail and wall time on CUDA under
@@ -58,14 +59,15 @@ def main() -> None:
         "unit_tests_gpu_visible": junit_summary(out / "tests.xml"),
         "chapters_cuda": cuda,
         "chapters_cpu_seconds": cpu,
-        "chapters_note": ("CUDA: each notebook under nbval-lax with book/conftest.py's "
-                          "tolerance, one after another; CPU: the same notebooks executed with "
-                          "CUDA hidden and 4 threads, at the same time as the CUDA run and the "
-                          "unit tests (so both share the machine's 16 cores)"),
+        "chapters_note": ("CUDA: each notebook under nbval-lax with "
+                          "validation/notebook_compare.py's tolerance, one after another; "
+                          "CPU: the same notebooks executed with CUDA hidden and 4 threads, "
+                          "at the same time as the CUDA run and the unit tests (so both "
+                          "share the machine's 16 cores)"),
         "totals_seconds": {"cuda": round(sum(c["seconds"] for c in cuda.values()), 1),
                            "cpu": round(sum(cpu.values()), 1)},
         "numerics_fingerprints": {knobs: digest for knobs, digest in fingerprints},
-        "fingerprint_note": ("tools/numerics_fingerprint.py under numerics.env on this "
+        "fingerprint_note": ("validation/numerics_fingerprint.py under numerics.env on this "
                              "machine's CPU, with each knob changed as named"),
         "bench": "bench-cuda.json, committed beside this file",
     }

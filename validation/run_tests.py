@@ -1,15 +1,15 @@
 """`make test`: choose how notebooks are validated from this machine's numerics, then run
 the unit tests and nbval over every notebook.
 
-    python tools/run_tests.py [--strict] [-- PYTEST ARGS...]
+    python validation/run_tests.py [--strict] [-- PYTEST ARGS...]
 
-The stored outputs were written on one machine; numerics/fingerprint.json holds the hashes
-of the kernels that machine ran (tools/numerics_battery.py). Where this machine's hashes
-match, nbval runs strictly: every output to the letter. Where they do not (another CPU
-vendor or model, arm64), it says so on one line naming the kernels that differ and runs
-spread mode instead: every cell runs, every assert holds, and every printed number is
-compared within its measured spread (book/conftest.py). Either way the exit status is
-pytest's: red only when a claim breaks. `--strict` (`make test STRICT=1`) forces strict.
+The stored outputs were written on one machine; validation/numerics/fingerprint.json holds
+the hashes of the kernels that machine ran (validation/numerics_battery.py). Where this
+machine's hashes match, nbval runs strictly: every output to the letter. Where they do not
+(another CPU vendor or model, arm64), it says so on one line naming the kernels that differ
+and runs spread mode instead: every cell runs, every assert holds, and every printed number
+is compared within its measured spread (validation/notebook_compare.py). Either way the exit
+status is pytest's: red only when a claim breaks. `--strict` (`make test STRICT=1`) forces strict.
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-FINGERPRINT = ROOT / "numerics" / "fingerprint.json"
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+FINGERPRINT = HERE / "numerics" / "fingerprint.json"
 NBVAL = ["--nbval", "--nbval-current-env", "--nbval-sanitize-with", "book/nbval_sanitize.cfg",
          "--nbval-cell-timeout=600"]
 
@@ -30,7 +31,7 @@ def choose_mode(strict: bool) -> tuple[str, str]:
         return "strict", "strict (forced by STRICT=1)"
     if not FINGERPRINT.exists():
         return "spread", f"spread ({FINGERPRINT.relative_to(ROOT)} is missing)"
-    check = subprocess.run([sys.executable, str(ROOT / "tools" / "numerics_battery.py"),
+    check = subprocess.run([sys.executable, str(HERE / "numerics_battery.py"),
                             "--check", str(FINGERPRINT)], cwd=ROOT, capture_output=True,
                            text=True, timeout=600)
     if check.returncode not in (0, 1):
