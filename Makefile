@@ -46,15 +46,16 @@ book: $(STAMP)
 	@echo "open _build/html/index.html"
 
 ## Unit tests and nbval over every notebook in book/: strict where this machine's kernels
-## match numerics/fingerprint.json, else every number within its measured spread
-## (tools/run_tests.py says which ran). STRICT=1 forces strict.
+## match validation/numerics/fingerprint.json, else every number within its measured spread
+## (validation/run_tests.py says which ran; validation/README.md). STRICT=1 forces strict.
 test: $(STAMP)
-	$(BIN)/python tools/run_tests.py $(if $(STRICT),--strict) -- $(PYTEST_ARGS)
+	$(BIN)/python validation/run_tests.py $(if $(STRICT),--strict) -- $(PYTEST_ARGS)
 
 ## Where stored numbers cannot reproduce bit for bit (a GPU, arm64): every cell runs and its
 ## asserts must hold; cells tagged nbval-check-output (the exact-model ones) are compared
-## number by number within the tolerance written in book/conftest.py. With a Python that
-## already has the packages (a GPU machine's own torch): make test-anywhere PY=python3
+## number by number within the tolerance written in validation/notebook_compare.py. With a
+## Python that already has the packages (a GPU machine's own torch):
+## make test-anywhere PY=python3
 PY ?= $(BIN)/python
 test-anywhere: $(if $(filter $(BIN)/python,$(PY)),$(STAMP))
 	$(PY) -m pytest tests book --nbval-lax --nbval-current-env \
@@ -67,19 +68,21 @@ check-html: $(STAMP)
 	$(BIN)/python tools/check_html.py
 
 ## Re-execute every notebook in place (CPU, fixed seeds and threads) to refresh outputs, and
-## record this machine's numerics as the reference (numerics/): the fingerprint `make test`
-## compares with, and the full battery anyone can compare theirs with. Then `make spread`.
+## record this machine's numerics as the reference (validation/numerics/): the fingerprint
+## `make test` compares with, and the full battery anyone can compare theirs with. Then
+## `make spread`.
 notebooks: $(STAMP)
-	CUDA_VISIBLE_DEVICES= $(BIN)/python tools/execute_notebooks.py $(NOTEBOOKS) \
+	CUDA_VISIBLE_DEVICES= $(BIN)/python validation/execute_notebooks.py $(NOTEBOOKS) \
 		--times benchmarks/results/notebook-times-cpu-2core.json
-	$(BIN)/python tools/numerics_battery.py --out numerics/battery-reference.json.gz \
-		--fingerprint numerics/fingerprint.json
+	$(BIN)/python validation/numerics_battery.py \
+		--out validation/numerics/battery-reference.json.gz \
+		--fingerprint validation/numerics/fingerprint.json
 	@echo "now run 'make spread' (the stored spreads belong to the old outputs)"
 
 ## Measure each printed number's spread under kernels that round differently
-## (tools/measure_spread.py); spread mode of `make test` compares within it.
+## (validation/measure_spread.py); spread mode of `make test` compares within it.
 spread: $(STAMP)
-	$(BIN)/python tools/measure_spread.py $(NOTEBOOKS)
+	$(BIN)/python validation/measure_spread.py $(NOTEBOOKS)
 
 ## Jupyter Lab in the project's environment (installs the pinned jupyterlab once).
 ## Options for jupyter lab through LAB_ARGS, e.g. `make lab LAB_ARGS="--no-browser --port 8890"`.
