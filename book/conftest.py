@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "validation"))
+import notebook_compare  # noqa: E402
 
-from notebook_compare import (  # noqa: E402,F401  (pytest finds the hooks by name)
-    pytest_addoption,
-    pytest_configure,
-    pytest_sessionstart,
-)
+pytest_addoption = notebook_compare.pytest_addoption
+pytest_configure = notebook_compare.pytest_configure
+pytest_sessionstart = notebook_compare.pytest_sessionstart

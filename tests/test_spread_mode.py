@@ -228,8 +228,8 @@ def test_a_machine_whose_kernels_differ_runs_spread_mode(tmp_path, monkeypatch):
 
 
 def test_the_same_battery_is_written_as_the_same_bytes(tmp_path, monkeypatch):
-    # make notebooks rewrites numerics/battery-reference.json.gz: an unchanged battery must
-    # leave no diff for git (no time stamp or temporary name in the gzip header)
+    # make notebooks rewrites validation/numerics/battery-reference.json.gz: the same battery
+    # must leave no diff for git (no time stamp or temporary name in the gzip header)
     import gzip
 
     data = {"hash": {"exp/contiguous": "0123"}, "meta": {"cpu": "x"}, "sample": {}}

@@ -168,7 +168,7 @@ def compare_within_tolerance(cell, test, ref, skip_compare=None, spreads=None) -
 def pytest_addoption(parser):
     parser.addoption("--nbval-spread", action="store_true", default=False,
                      help="with --nbval: compare every printed number within its measured "
-                          "spread (book/conftest.py) instead of to the letter")
+                          "spread (validation/notebook_compare.py) instead of to the letter")
 
 
 def pytest_configure(config):
