@@ -55,7 +55,7 @@ from bench_report import check_consistency, load, render_markdown, update_readme
 from vaetut.data import load_digits
 from vaetut.run.device import pick_device
 from vaetut.model import VAE
-from vaetut.objective import elbo, iwae_bound
+from vaetut import elbo, iwae_bound
 from vaetut.run.train import fit
 
 # the CPU's name comes from validation/machine.py, which the numerics battery records too

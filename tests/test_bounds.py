@@ -7,7 +7,9 @@ from torch import distributions as D
 
 import vaetut
 from vaetut import LinearGaussian, bounds
+from vaetut.distributions import draw_eps
 from vaetut.exact import DTYPE
+from vaetut.objective import iwae_objective
 
 
 def gen(seed=0):
@@ -128,11 +130,11 @@ def test_optimize_q_never_lowers_an_examples_elbo(trained_vae):
     with torch.no_grad():
         q_mean, q_log_var = model.encoder(x)
     torch.testing.assert_close(result.elbo_start, bounds.elbo_of_q(
-        model, x, q_mean, q_log_var, bounds.draw_noise(64, 30, 4, gen(1))).elbo)
+        model, x, q_mean, q_log_var, draw_eps(64, 30, 4, gen(1))).elbo)
     assert (result.elbo >= result.elbo_start - 1e-4).all()  # on the noise bank it used
     assert (result.elbo - result.elbo_start).mean() > 0.1
     # on a fresh bank of 4000 draws the gain holds on average (it is not the bank's noise)
-    eps = bounds.draw_noise(4000, 30, 4, gen(2))
+    eps = draw_eps(4000, 30, 4, gen(2))
     with torch.no_grad():
         fresh_opt = bounds.elbo_of_q(model, x, result.q_mean, result.q_log_var, eps).elbo
         fresh_enc = bounds.elbo_of_q(model, x, q_mean, q_log_var, eps).elbo
@@ -155,7 +157,7 @@ def test_elbo_of_q_at_the_encoder_is_vaetut_elbo(trained_vae):
 
 def test_iwae_objective_matches_iwae_bound_and_trains(trained_vae):
     model, x = trained_vae
-    got = bounds.iwae_objective(model, x, 16, gen(5))
+    got = iwae_objective(model, x, 16, gen(5))
     torch.testing.assert_close(got.elbo, vaetut.iwae_bound(model, x, 16, generator=gen(5)))
     ref = vaetut.elbo(model, x, 16, gen(5))
     torch.testing.assert_close(got.log_px_given_z, ref.log_px_given_z)
@@ -164,7 +166,7 @@ def test_iwae_objective_matches_iwae_bound_and_trains(trained_vae):
                                                   model.decoder.net[0].weight])
     assert all(g.abs().sum() > 0 for g in grads)  # reaches the encoder and the decoder
     with pytest.raises(ValueError, match="n_samples"):
-        bounds.iwae_objective(model, x, 0)
+        iwae_objective(model, x, 0)
 
 
 def test_fit_accepts_the_iwae_objective():
@@ -173,7 +175,7 @@ def test_fit_accepts_the_iwae_objective():
     model = vaetut.VAE(64, 4, hidden=(32,))
     history = vaetut.fit(model, digits.train[:512], digits.test[:64], epochs=3, batch_size=128,
                          lr=3e-3, device="cpu", progress=False, n_samples=5,
-                         objective=bounds.iwae_objective)
+                         objective=iwae_objective)
     assert history["train_elbo"][-1] > history["train_elbo"][0] + 1
 
 
@@ -189,7 +191,7 @@ def test_iwae_gradient_draws_are_the_gradient_fit_differentiates(trained_vae):
     g = gen(8)  # the same noise, draw by draw
     enc, dec = list(model.encoder.parameters()), list(model.decoder.parameters())
     for row in range(2):
-        value = bounds.iwae_objective(model, x, 7, g).elbo.mean()
+        value = iwae_objective(model, x, 7, g).elbo.mean()
         want = flat_grads(value, enc + dec)
         torch.testing.assert_close(got.encoder[row], want[:len(got.encoder[row])])
         torch.testing.assert_close(got.decoder[row], want[len(got.encoder[row]):])
@@ -229,10 +231,10 @@ def test_dreg_is_unbiased_and_a_wrong_weighting_is_not(trained_vae):
     params, g, rows = list(model.encoder.parameters()), gen(11), []
     for _ in range(n):
         q_mean, q_log_var = model.encoder(x)
-        z = vaetut.objective.reparameterize(q_mean, q_log_var, k, g)
-        log_w = (vaetut.objective.log_px_given_z(model, x, z)
-                 + vaetut.objective.log_standard_normal(z)
-                 - vaetut.objective.log_diag_normal(z, q_mean.detach(), q_log_var.detach()))
+        z = vaetut.distributions.reparameterize(q_mean, q_log_var, k, g)
+        log_w = (vaetut.distributions.log_px_given_z(model, x, z)
+                 + vaetut.distributions.log_standard_normal(z)
+                 - vaetut.distributions.log_diag_normal(z, q_mean.detach(), q_log_var.detach()))
         rows.append(flat_grads((torch.softmax(log_w, 0).detach() * log_w).sum(0).mean(),
                                params))
     assert mean_squared_z(iwae, torch.stack(rows)) > 3

@@ -8,6 +8,8 @@ from torch import distributions as D
 
 import vaetut
 from vaetut import diagnostics as dg
+from vaetut import distributions
+from vaetut import objective as O
 
 
 def gen(seed=0):
@@ -45,13 +47,13 @@ def test_active_units_counts_dimensions_whose_mean_moves_with_x(model):
 def test_beta_elbo_is_the_elbo_at_beta_1_and_reweights_the_kl(model):
     x = torch.rand(8, 12)
     ref = vaetut.elbo(model, x, 3, gen(1))
-    got = dg.BetaELBO()(model, x, 3, gen(1))
+    got = O.BetaELBO()(model, x, 3, gen(1))
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b)
-    got4 = dg.BetaELBO(beta=4.0)(model, x, 3, gen(1))
+    got4 = O.BetaELBO(beta=4.0)(model, x, 3, gen(1))
     torch.testing.assert_close(got4.elbo, ref.log_px_given_z - 4.0 * ref.kl_to_prior)
     with pytest.raises(ValueError, match="beta"):
-        dg.BetaELBO(beta=-1.0)
+        O.BetaELBO(beta=-1.0)
 
 
 def test_free_bits_floor_the_kl_and_stop_its_gradient(model):
@@ -63,7 +65,7 @@ def test_free_bits_floor_the_kl_and_stop_its_gradient(model):
     kl_j = dg.kl_per_dimension(model, x)
     free = 0.5 * float(kl_j[0])
     assert (kl_j[1:] < free).all()
-    out = dg.BetaELBO(free_bits=free)(model, x, 1, gen(2))
+    out = O.BetaELBO(free_bits=free)(model, x, 1, gen(2))
     expected = out.log_px_given_z.mean() - torch.clamp(kl_j, min=free).sum()
     torch.testing.assert_close(out.elbo.mean().detach(), expected)
     grad = torch.autograd.grad(out.elbo.mean(), model.encoder.mean.weight)[0]
@@ -73,7 +75,7 @@ def test_free_bits_floor_the_kl_and_stop_its_gradient(model):
 def test_kl_annealing_raises_beta_linearly_inside_fit():
     torch.manual_seed(0)
     model = vaetut.VAE(12, 2, hidden=(8,))
-    annealing = dg.KLAnnealing(warmup_epochs=2)
+    annealing = O.KLAnnealing(warmup_epochs=2)
     history = vaetut.fit(model, torch.rand(40, 12), epochs=4, batch_size=20, device="cpu",
                          progress=False, objective=annealing,
                          on_epoch_end=annealing.on_epoch_end)
@@ -83,8 +85,8 @@ def test_kl_annealing_raises_beta_linearly_inside_fit():
 
 def test_pixel_mean_elbo_is_a_beta_of_x_dim_in_disguise(model):
     x = torch.rand(8, 12)
-    got = dg.pixel_mean_elbo(model, x, 2, gen(3))
-    beta = dg.BetaELBO(beta=12.0)(model, x, 2, gen(3))
+    got = O.pixel_mean_elbo(model, x, 2, gen(3))
+    beta = O.BetaELBO(beta=12.0)(model, x, 2, gen(3))
     torch.testing.assert_close(got.elbo, beta.elbo / 12.0)
 
 
@@ -93,26 +95,26 @@ def test_continuous_bernoulli_matches_torch_distributions():
                         torch.tensor([1e-5, -3e-3, 0.0199, 0.0201], dtype=torch.float64)])
     x = torch.rand(len(logits), dtype=torch.float64, generator=gen(4))
     ref = D.ContinuousBernoulli(logits=logits)
-    torch.testing.assert_close(dg.continuous_bernoulli_log_prob(logits, x), ref.log_prob(x),
+    torch.testing.assert_close(distributions.continuous_bernoulli_log_prob(logits, x), ref.log_prob(x),
                                rtol=0, atol=1e-6)
-    torch.testing.assert_close(dg.continuous_bernoulli_mean(logits), ref.mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(distributions.continuous_bernoulli_mean(logits), ref.mean, rtol=0, atol=1e-6)
     grid = torch.linspace(0, 1, 4001, dtype=torch.float64)
-    density = dg.continuous_bernoulli_log_prob(logits[:, None].expand(-1, len(grid)),
+    density = distributions.continuous_bernoulli_log_prob(logits[:, None].expand(-1, len(grid)),
                                                grid.expand(len(logits), -1)).exp()
     torch.testing.assert_close(torch.trapezoid(density, grid), torch.ones(len(logits),
                                dtype=torch.float64), rtol=0, atol=1e-6)  # a density
-    bernoulli = (density / dg.continuous_bernoulli_log_norm(logits)[:, None].exp())
+    bernoulli = (density / distributions.continuous_bernoulli_log_norm(logits)[:, None].exp())
     assert (torch.trapezoid(bernoulli, grid) < 1 - 1e-3).sum() > 150  # the Bernoulli is not
 
 
 def test_continuous_bernoulli_elbo_adds_the_normalizer(model):
     x = torch.rand(8, 12)
-    got = dg.continuous_bernoulli_elbo(model, x, 2, gen(5))
+    got = O.continuous_bernoulli_elbo(model, x, 2, gen(5))
     ref = vaetut.elbo(model, x, 2, gen(5))
     assert (got.log_px_given_z > ref.log_px_given_z).all()  # log C(lambda) >= log 2 > 0
     torch.testing.assert_close(got.kl_to_prior, ref.kl_to_prior)
     with pytest.raises(ValueError, match="bernoulli"):
-        dg.continuous_bernoulli_elbo(vaetut.VAE(12, 2, likelihood="gaussian"), x)
+        O.continuous_bernoulli_elbo(vaetut.VAE(12, 2, likelihood="gaussian"), x)
 
 
 def test_gaussian_variance_floor_is_off_by_default_and_bounds_the_log_variance():
@@ -126,31 +128,31 @@ def test_gaussian_variance_floor_is_off_by_default_and_bounds_the_log_variance()
     lv = model.decoder.pixel_log_var()
     assert (lv >= -4.0).all() and abs(lv[-1].item() - 2.0) < 0.01  # floored low, unchanged high
     ref = D.Normal(model.decoder(z), (0.5 * lv).exp()).log_prob(x).sum(-1)
-    torch.testing.assert_close(vaetut.objective.log_px_given_z(model, x, z), ref)
-    g = torch.autograd.grad(vaetut.objective.log_px_given_z(model, x, z).sum(), model.decoder.log_var)[0]
+    torch.testing.assert_close(vaetut.distributions.log_px_given_z(model, x, z), ref)
+    g = torch.autograd.grad(vaetut.distributions.log_px_given_z(model, x, z).sum(), model.decoder.log_var)[0]
     assert (g != 0).all()  # softplus keeps a gradient below the floor
 
 
 def test_scaled_objective_multiplies_every_field(model):
     x = torch.rand(8, 12)
-    got = dg.Scaled(vaetut.elbo, 0.25)(model, x, 2, gen(1))
+    got = O.Scaled(vaetut.elbo, 0.25)(model, x, 2, gen(1))
     ref = vaetut.elbo(model, x, 2, gen(1))
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, 0.25 * b)
     with pytest.raises(ValueError):
-        dg.Scaled(vaetut.elbo, 0.0)
+        O.Scaled(vaetut.elbo, 0.0)
 
 
 def test_dequantize_stays_in_the_bin_and_is_uniform_there():
     levels = 17
     k = torch.randint(0, levels, (4000, 3), generator=gen(0))
     x = k.double() / (levels - 1)
-    y = dg.dequantize(x, levels, gen(1))
+    y = O.dequantize(x, levels, gen(1))
     assert torch.equal(torch.floor(y * levels).long(), k)
     u = (y * levels - k).flatten()
     assert abs(u.mean().item() - 0.5) < 0.01 and abs(u.var().item() - 1 / 12) < 0.005
     with pytest.raises(ValueError):
-        dg.dequantize(torch.full((2, 2), 0.3), levels)
+        O.dequantize(torch.full((2, 2), 0.3), levels)
 
 
 def test_dequantized_bound_is_below_the_discrete_log_probability():
@@ -165,7 +167,7 @@ def test_dequantized_bound_is_below_the_discrete_log_probability():
         model.encoder.log_var.weight.zero_(); model.encoder.log_var.bias.zero_()
     levels = 5
     x = (torch.arange(levels, dtype=torch.float64) / (levels - 1))[:, None]
-    bound = torch.stack([dg.Dequantized(vaetut.elbo, levels)(model, x, 1, gen(s)).elbo
+    bound = torch.stack([O.Dequantized(vaetut.elbo, levels)(model, x, 1, gen(s)).elbo
                          for s in range(4000)]).mean(0)
     normal = D.Normal(torch.tensor(0.4, dtype=torch.float64), torch.tensor(0.2, dtype=torch.float64))
     lo = torch.arange(levels, dtype=torch.float64) / levels
@@ -200,7 +202,7 @@ def test_batch_kl_trace_records_each_step_and_leaves_the_run_unchanged():
     for traced in (False, True):
         torch.manual_seed(0)
         model = vaetut.VAE(12, 3, hidden=(8,))
-        objective = dg.BetaELBO(beta=2.0, free_bits=0.1)
+        objective = O.BetaELBO(beta=2.0, free_bits=0.1)
         if traced:
             objective = dg.BatchKLTrace(objective)
         history = vaetut.fit(model, x, epochs=3, batch_size=20, device="cpu", progress=False,
@@ -216,6 +218,6 @@ def test_batch_kl_trace_records_each_step_and_leaves_the_run_unchanged():
     # step; recompute it for a fresh batch directly
     out = tracer(m1, x[:7], 1, gen(1))
     torch.testing.assert_close(tracer.kl[-1], dg.kl_per_dimension(m1, x[:7]))
-    ref = dg.BetaELBO(beta=2.0, free_bits=0.1)(m1, x[:7], 1, gen(1))
+    ref = O.BetaELBO(beta=2.0, free_bits=0.1)(m1, x[:7], 1, gen(1))
     for a, b in zip(out, ref):
         torch.testing.assert_close(a, b)

@@ -281,7 +281,7 @@ def test_plots_exact_draw():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from vaetut import plots_exact
+    from vaetut import plots as plots_exact
 
     model, g = random_model(0, d=4, k=2)
     x = torch.randn(1, 4, dtype=F64, generator=g)

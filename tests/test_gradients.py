@@ -7,7 +7,13 @@ import torch
 
 import vaetut
 from vaetut import gradients as G
-from vaetut.objective import LOG_2PI
+from vaetut import objective as O
+from vaetut.distributions import LOG_2PI, draw_eps
+
+
+def noise(model, n_samples, batch_size, generator):
+    """draw_eps in the model's dtype."""
+    return draw_eps(n_samples, batch_size, model.z_dim, generator, next(model.parameters()).dtype)
 
 
 def small_model(likelihood="bernoulli", hidden=(16,), x_dim=12, z_dim=3, seed=0,
@@ -53,7 +59,7 @@ def test_kl_term_never_reaches_the_decoder(likelihood):
 
 def test_detached_z_cuts_the_reconstruction_path_to_the_encoder():
     model, x = small_model(), batch()
-    eps = G.draw_eps(model, len(x), 1, torch.Generator().manual_seed(0))
+    eps = noise(model, 1, len(x), torch.Generator().manual_seed(0))
     cut = G.term_gradients(model, x, eps, detach_z=True)
     full = G.term_gradients(model, x, eps)
     assert G.group_norm(cut.grads["log_px_given_z"], "encoder.") == 0.0
@@ -67,7 +73,7 @@ def test_detached_z_cuts_the_reconstruction_path_to_the_encoder():
 
 def test_autograd_agrees_with_finite_differences_in_float64():
     model, x = small_model("gaussian", hidden=(5,), x_dim=4, z_dim=2), batch("gaussian", 6, 4)
-    eps = G.draw_eps(model, len(x), 2, torch.Generator().manual_seed(3))
+    eps = noise(model, 2, len(x), torch.Generator().manual_seed(3))
     tg = G.term_gradients(model, x, eps)
     h = 1e-6
     with torch.no_grad():
@@ -76,9 +82,9 @@ def test_autograd_agrees_with_finite_differences_in_float64():
                 flat = p.view(-1)
                 old = flat[i].item()
                 flat[i] = old + h
-                up = G.elbo_terms_at(model, x, eps)
+                up = vaetut.elbo(model, x, len(eps), eps=eps)
                 flat[i] = old - h
-                down = G.elbo_terms_at(model, x, eps)
+                down = vaetut.elbo(model, x, len(eps), eps=eps)
                 flat[i] = old
                 for term in G.TERMS:
                     fd = (getattr(up, term).mean() - getattr(down, term).mean()).item() / (2 * h)
@@ -110,11 +116,11 @@ def test_backward_order_of_the_kl_term_alone_reaches_no_decoder_module():
 def test_cut_objectives_have_the_elbo_value_and_the_cut_gradient():
     model, x = small_model(), batch()
     ref = vaetut.elbo(model, x, 2, torch.Generator().manual_seed(4))
-    eps = G.draw_eps(model, len(x), 2, torch.Generator().manual_seed(4))
+    eps = noise(model, 2, len(x), torch.Generator().manual_seed(4))
     tg = G.term_gradients(model, x, eps)
     params = dict(model.named_parameters())
-    for objective, term, detach in ((G.elbo_z_detached, "elbo", True),
-                                    (G.elbo_without_kl, "log_px_given_z", False)):
+    for objective, term, detach in ((O.elbo_z_detached, "elbo", True),
+                                    (O.elbo_without_kl, "log_px_given_z", False)):
         out = objective(model, x, 2, torch.Generator().manual_seed(4))
         torch.testing.assert_close(out.elbo, ref.elbo)
         got = torch.autograd.grad(out.elbo.mean(), list(params.values()))
@@ -123,7 +129,7 @@ def test_cut_objectives_have_the_elbo_value_and_the_cut_gradient():
         for (name, _), g in zip(params.items(), got):
             torch.testing.assert_close(g, want[name], rtol=1e-10, atol=1e-12)
     # with z detached the encoder's gradient is the KL term's alone
-    out = G.elbo_z_detached(model, x, 2, torch.Generator().manual_seed(4))
+    out = O.elbo_z_detached(model, x, 2, torch.Generator().manual_seed(4))
     got = torch.autograd.grad(out.elbo.mean(), list(model.encoder.parameters()))
     for (name, _), g in zip(model.encoder.named_parameters(), got):
         torch.testing.assert_close(g, -tg.grads["kl_to_prior"]["encoder." + name])
@@ -139,7 +145,7 @@ def test_fit_runs_the_cut_objectives_and_respects_a_frozen_decoder():
     for n, p in model.named_parameters():
         changed = not torch.equal(p, before[n])
         assert changed == n.startswith("encoder."), n
-    for objective in (G.elbo_z_detached, G.elbo_without_kl):
+    for objective in (O.elbo_z_detached, O.elbo_without_kl):
         torch.manual_seed(0)
         m = vaetut.VAE(64, 2, (16,))
         h = vaetut.fit(m, x, epochs=1, batch_size=64, device="cpu", progress=False,
@@ -209,7 +215,7 @@ def test_draw_graph_labels_each_module_with_its_backward_step():
     order = ["decoder.net.2", "decoder.net.1", "decoder.net.0", "encoder.log_var",
              "encoder.mean", "encoder.act", "encoder.body.0"]
     fig, ax = plt.subplots()
-    G.draw_graph(order, ax)
+    vaetut.plots.draw_graph(order, ax)
     texts = [t.get_text() for t in ax.texts]
     for i, name in enumerate(order, 1):
         assert any(t.startswith(name) and t.endswith(f"backward step {i}") for t in texts), name
@@ -218,7 +224,7 @@ def test_draw_graph_labels_each_module_with_its_backward_step():
 
 def test_zeros_come_from_autograd_and_reachability_from_the_graph():
     model, x = small_model(), batch()
-    eps = G.draw_eps(model, len(x), 1, torch.Generator().manual_seed(0))
+    eps = noise(model, 1, len(x), torch.Generator().manual_seed(0))
     params = dict(model.named_parameters())
     kl = vaetut.kl_to_prior(*model.encoder(x)).mean()
     assert G.reachable_parameters(kl, params) == {n for n in params if n.startswith("encoder.")}
@@ -239,7 +245,7 @@ def test_zeros_come_from_autograd_and_reachability_from_the_graph():
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_head_gradients_follow_the_chain_rule_through_z(likelihood):
     model, x = small_model(likelihood), batch(likelihood)
-    eps = G.draw_eps(model, len(x), 3, torch.Generator().manual_seed(1))
+    eps = noise(model, 3, len(x), torch.Generator().manual_seed(1))
     hg = G.head_gradients(model, x, eps)
     B = len(x)
     sigma = (0.5 * hg.q_log_var).exp()
@@ -251,14 +257,14 @@ def test_head_gradients_follow_the_chain_rule_through_z(likelihood):
     z = (hg.q_mean + sigma * eps).detach()
     dz = torch.zeros_like(z)
     dz[1, 2, 0] = h
-    f = lambda zz: -vaetut.objective.log_px_given_z(model, x, zz).mean(0).mean()
+    f = lambda zz: -vaetut.distributions.log_px_given_z(model, x, zz).mean(0).mean()
     fd = (f(z + dz) - f(z - dz)).item() / (2 * h)
     assert abs(fd - hg.grad_z[1, 2, 0].item()) < 1e-6
 
 
 def test_recon_gradient_via_z_equals_the_direct_gradient_and_catches_a_second_path():
     model, x = small_model(), batch()
-    eps = G.draw_eps(model, len(x), 2, torch.Generator().manual_seed(2))
+    eps = noise(model, 2, len(x), torch.Generator().manual_seed(2))
     tg = G.term_gradients(model, x, eps)
     via = G.recon_encoder_gradient_via_z(model, x, eps)
     assert set(via) == {n for n, _ in model.named_parameters() if n.startswith("encoder.")}
@@ -267,14 +273,14 @@ def test_recon_gradient_via_z_equals_the_direct_gradient_and_catches_a_second_pa
     # a reconstruction term with a second path into the encoder (through q_mean directly)
     q_mean, q_log_var = model.encoder(x)
     z = q_mean + torch.exp(0.5 * q_log_var) * eps
-    second = (vaetut.objective.log_px_given_z(model, x, z).mean(0) + q_mean.sum(-1)).mean()
+    second = (vaetut.distributions.log_px_given_z(model, x, z).mean(0) + q_mean.sum(-1)).mean()
     direct = torch.autograd.grad(second, list(model.encoder.mean.parameters()))
     assert (direct[1] - via["encoder.mean.bias"]).abs().max() > 0.5
 
 
 def test_finite_difference_matches_autograd_and_catches_a_wrong_split():
     model, x = small_model(), batch()
-    eps = G.draw_eps(model, len(x), 2, torch.Generator().manual_seed(3))
+    eps = noise(model, 2, len(x), torch.Generator().manual_seed(3))
     tg = G.term_gradients(model, x, eps)
     before = {n: p.clone() for n, p in model.named_parameters()}
     for term in G.TERMS:
@@ -284,7 +290,7 @@ def test_finite_difference_matches_autograd_and_catches_a_wrong_split():
             assert abs(fd - tg.grads[term][name][index].item()) < 1e-7, (term, name)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # restored
     # at a different eps (a split whose terms saw different z) the reconstruction differs
-    other = G.draw_eps(model, len(x), 2, torch.Generator().manual_seed(4))
+    other = noise(model, 2, len(x), torch.Generator().manual_seed(4))
     g = tg.grads["log_px_given_z"]["encoder.mean.weight"]
     index = tuple(int(i) for i in torch.nonzero(g.abs() == g.abs().max())[0])
     fd = G.finite_difference(model, x, other, "log_px_given_z", "encoder.mean.weight", index)
@@ -318,8 +324,8 @@ def test_adam_first_step_is_torchs_and_depends_on_the_loss_scale_only_near_eps()
 
 def test_stl_drops_exactly_the_score_term_and_keeps_the_value():
     model, x = small_model(), batch()
-    eps = G.draw_eps(model, len(x), 3, torch.Generator().manual_seed(5))
-    full, stl = G.elbo_mc_kl(model, x, eps), G.elbo_mc_kl(model, x, eps, stick_the_landing=True)
+    eps = noise(model, 3, len(x), torch.Generator().manual_seed(5))
+    full, stl = O.elbo_mc_kl(model, x, len(eps), eps=eps), O.elbo_mc_kl(model, x, len(eps), eps=eps, stick_the_landing=True)
     torch.testing.assert_close(full.elbo, stl.elbo, rtol=0, atol=0)
     # the value against an independent Monte Carlo KL from torch.distributions
     q_mean, q_log_var = model.encoder(x)
@@ -352,7 +358,7 @@ def test_score_term_has_mean_zero_and_stl_is_unbiased():
     params = list(model.encoder.parameters())
     gen = torch.Generator().manual_seed(8)
     cf = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(
-        G.elbo_terms_at(model, x, G.draw_eps(model, len(x), 1, gen)).elbo.mean(), params)])
+        vaetut.elbo(model, x, eps=noise(model, 1, len(x), gen)).elbo.mean(), params)])
         for _ in range(600)])
     se = (r.stl.var(0) / len(r.stl) + cf.var(0) / len(cf)).sqrt()
     assert ((r.stl.mean(0) - cf.mean(0))[live].abs() / se[live]).max() < 4.5

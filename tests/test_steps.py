@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vaetut
-from vaetut import bounds, gradients
+from vaetut import objective as objectives
 from vaetut.run.steps import EagerSteps, GraphedSteps, NonFiniteLossError
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -144,8 +144,8 @@ def test_auto_captures_on_cuda_and_the_warmup_leaves_no_trace(digits, monkeypatc
 
 
 @cuda
-@pytest.mark.parametrize("objective", [bounds.iwae_objective, gradients.elbo_z_detached,
-                                       gradients.elbo_without_kl])
+@pytest.mark.parametrize("objective", [objectives.iwae_objective, objectives.elbo_z_detached,
+                                       objectives.elbo_without_kl])
 def test_the_chapters_objectives_run_on_the_graph_path(digits, objective):
     _, graphed = _fit_cuda(digits, cuda_graph=True, epochs=2, objective=objective, n_samples=2)
     _, plain = _fit_cuda(digits, cuda_graph=False, epochs=2, objective=objective, n_samples=2)

@@ -11,7 +11,7 @@ import torch
 import vaetut
 from helpers import run, small_model
 from vaetut import NonFiniteLossError
-from vaetut.bounds import iwae_objective
+from vaetut.objective import iwae_objective
 
 
 def test_a_few_epochs_raise_the_test_elbo_clearly(digits):

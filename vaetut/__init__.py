@@ -1,32 +1,43 @@
 """vaetut: the small PyTorch package behind the executable VAE book.
 
-Where things are:
-    model.py       the VAE: encoder q(z|x), decoder p(x|z), prior N(0, I)
-    objective.py   the ELBO and its two terms, the reparameterization, the IWAE bound
-    data.py        the digits (default, offline) and MNIST from IDX files
-    train.py       fit: the epoch loop, history, evaluation
-    steps.py       the training step: eager, whole-step CUDA graph, data-parallel
-    checkpoint.py  atomic save, safe load
-    resume.py      what defines a run; resuming it from its checkpoint
-    device.py      pick_device
-    exact.py       probabilistic PCA: log p(x), p(z|x), the exact ELBO and KL (chapter 1)
+The teaching core, each idea in one module (read them in this order):
+    model.py          the VAE: encoder q(z|x), decoder p(x|z), prior N(0, I)
+    distributions.py  the noise and z = mu + sigma * eps, log p(x|z), log p(z), log q(z|x),
+                      the KL to the prior (per dimension and summed), the continuous Bernoulli
+    objective.py      every objective fit can take: the ELBO, its variants with a path cut
+                      or a Monte Carlo KL, IWAE, beta and free bits, KL annealing, wrappers
+    checks.py         the checks of arguments and data that the core shares
+    data.py           the digits (default, offline) and MNIST from IDX files
+    exact.py          probabilistic PCA: log p(x), p(z|x), the exact ELBO and KL
+    em.py             EM and joint gradient ascent on the exact model, also along one
+                      decoder parameter
+    gradients.py      where the ELBO's gradient goes: by term, by parameter, by estimator
+    bounds.py         the IWAE bound, the best q per example, the inference gap
+    diagnostics.py    measurements of collapse: KL per dimension, active units, the rate
+    plots.py          the book's figures
+
+The run machinery, in vaetut/run/ (it imports the core; the core never imports it):
+    run/train.py        fit: the epoch loop, History, evaluate
+    run/steps.py        the training step: eager, whole-step CUDA graph, data-parallel
+    run/checkpoint.py   atomic writes, the writer's lock, checked loading
+    run/resume.py       what defines a run; resuming it from its checkpoint
+    run/distributed.py  torchrun's process group: join, agree, leave
+    run/device.py       pick_device
+    run/cli.py          `python -m vaetut train` (__main__.py calls it)
 """
-from . import data, plots
+from . import bounds, data, diagnostics, exact, plots
+from .bounds import iwae_bound
+from .distributions import kl_to_prior, log_px_given_z, reparameterize
+from .exact import LinearGaussian
+from .model import VAE
+from .objective import ELBO, elbo
 from .run.checkpoint import load_checkpoint, save_checkpoint
 from .run.device import pick_device
-from .model import VAE
-from .objective import ELBO, elbo, iwae_bound, kl_to_prior, log_px_given_z, reparameterize
 from .run.train import History, NonFiniteLossError, evaluate, fit
 
 __version__ = "0.1.0"
 
 __all__ = ["VAE", "ELBO", "elbo", "iwae_bound", "kl_to_prior", "log_px_given_z",
            "reparameterize", "fit", "evaluate", "History", "NonFiniteLossError",
-           "pick_device", "save_checkpoint", "load_checkpoint", "data", "plots"]
-from . import exact  # noqa: E402
-from .exact import LinearGaussian  # noqa: E402
-
-__all__ += ["exact", "LinearGaussian"]
-from . import bounds, diagnostics  # noqa: E402  (chapters 5 and 6)
-
-__all__ += ["bounds", "diagnostics"]
+           "pick_device", "save_checkpoint", "load_checkpoint", "data", "plots", "exact",
+           "LinearGaussian", "bounds", "diagnostics"]

@@ -1,12 +1,13 @@
-"""Tighter bounds and the inference gap (chapter 5).
+"""Tighter bounds and the inference gap.
 
 The importance-weighted bound of Burda, Grosse and Salakhutdinov (2015),
 
     IWAE_k(x) = E[log (1/k) sum_i p(x, z_i) / q(z_i|x)],   z_i ~ q(z|x),
 
-is an ELBO for k = 1 and rises towards log p(x) as k grows. Here it is computed for an
-explicit Gaussian q on the exact linear-Gaussian model (`iwae_exact`), and used as a
-training objective for a VAE (`iwae_objective`, for `vaetut.fit(..., objective=...)`).
+is an ELBO for k = 1 and rises towards log p(x) as k grows. Here it is evaluated for a VAE
+(`iwae_bound`, in chunks, from the log-weights `objective.iwae_log_weights` that the
+training objective `objective.iwae_objective` uses too) and for an explicit Gaussian q on
+the exact linear-Gaussian model (`iwae_exact`).
 
 The inference gap log p(x) - ELBO(encoder's q) splits into two parts (Cremer, Li and
 Duvenaud 2018):
@@ -17,8 +18,11 @@ Duvenaud 2018):
 (the encoder's q is a diagonal Gaussian too, so the amortization gap is >= 0 and the
 approximation gap is the price of the diagonal family). `optimize_q` finds q* per example
 by gradient ascent on the ELBO, starting from the encoder's output, with the decoder held
-fixed. `iwae_gradient_draws` and `signal_to_noise` measure how noisy the IWAE gradient
-is for the encoder and the decoder (Rainforth et al. 2018; Tucker et al. 2019).
+fixed; `diagonal_q_optima` gives the diagonal q that KL(q || p) and KL(p || q) pick for a
+Gaussian posterior. Averaged over a data distribution, the ELBO is minus a KL between joint
+distributions over (x, z), less the data's entropy (`joint_kl_identity`).
+`iwae_gradient_draws` and `signal_to_noise` measure how noisy the IWAE gradient is for the
+encoder and the decoder (Rainforth et al. 2018; Tucker et al. 2019).
 """
 from __future__ import annotations
 
@@ -27,10 +31,12 @@ from typing import NamedTuple
 
 import torch
 
-from .exact import DTYPE, LinearGaussian, sample_q
+from .checks import check_count, check_input, check_positive
+from .distributions import draw_eps, kl_to_prior, log_px_given_z, reparameterize
+from .exact import (DTYPE, LinearGaussian, data_encoder_joint, gaussian_entropy, gaussian_kl,
+                    sample_q, sigma_points)
 from .model import VAE
-from .objective import (ELBO, check_count, check_input, kl_to_prior, log_diag_normal,
-                        log_px_given_z, log_standard_normal, reparameterize)
+from .objective import ELBO, iwae_log_weights
 
 
 # ----- IWAE on the exact model ---------------------------------------------------------
@@ -62,41 +68,48 @@ def best_diagonal_q(model: LinearGaussian, x) -> tuple[torch.Tensor, torch.Tenso
     KL(q || p(z|x)): mean mu and variances 1 / diag(Sigma^{-1}) (Bishop 2006, 10.1.2).
     Returns (q_mean (N, K), q_cov (K, K) diagonal)."""
     mu, sigma = model.posterior(x)
-    return mu, torch.diag(1.0 / torch.linalg.inv(sigma).diagonal())
+    return mu, torch.diag(diagonal_q_optima(sigma)[0])
 
 
-# ----- IWAE as a training objective ----------------------------------------------------
-def iwae_objective(model: VAE, x: torch.Tensor, n_samples: int = 1,
-                   generator: torch.Generator | None = None, validate: bool = True) -> ELBO:
-    """The IWAE bound with k = n_samples, usable as `fit(..., objective=iwae_objective,
-    n_samples=k)`.
+def diagonal_q_optima(post_cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a Gaussian posterior N(mu, Sigma) and a diagonal Gaussian q = N(mu, diag v):
+    the v that minimizes KL(q || p) (what the ELBO does) is 1 / diag(Sigma^{-1}); the v that
+    minimizes KL(p || q) (what wake-sleep's sleep phase does) is diag(Sigma). Returns both,
+    (K,) each; they agree only when Sigma is diagonal."""
+    post_cov = post_cov.detach().to(DTYPE)
+    return 1.0 / torch.linalg.inv(post_cov).diagonal(), post_cov.diagonal().clone()
 
-    Returns vaetut.ELBO(iwae, log_px_given_z, kl_to_prior) per example: the `elbo` field
-    holds IWAE_k(x), the quantity fit maximizes; the other two fields are the usual ELBO
-    terms (the mean over the k samples of log p(x|z_i), and the closed-form KL), for
-    logging only. So, unlike for `vaetut.elbo`, elbo != log_px_given_z - kl_to_prior
-    (for k = 1 the two agree in expectation). Gradients flow through the reparameterized
-    samples into the encoder and the decoder.
+
+# ----- IWAE of a VAE -------------------------------------------------------------------
+def iwae_bound(model: VAE, x: torch.Tensor, k: int, chunk_size: int | None = None,
+               generator: torch.Generator | None = None,
+               max_elements: int = 2**24) -> torch.Tensor:
+    """The importance-weighted bound IWAE_k(x) of each example (B,), for data x (B, x_dim).
+
+    log (1/k) sum_i exp(log w_i), log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x)
+    (`iwae_log_weights`), computed with log-sum-exp. The k samples are drawn in chunks of
+    `chunk_size` (by default as many as keep one chunk's decoder output, chunk_size * B *
+    x_dim numbers, under `max_elements`), so memory does not grow with k when it is
+    evaluated under torch.no_grad() (with gradients on, each chunk's graph is kept for
+    backward, and memory grows with k after all). IWAE_1 is an ELBO estimate and IWAE_k
+    rises towards log p(x) as k grows (Burda, Grosse and Salakhutdinov 2015).
     """
-    if validate:
-        check_input(model, x)
-        check_count("n_samples", n_samples)
+    check_input(model, x)
+    check_count("k", k)
+    if chunk_size is None:
+        chunk_size = max(1, min(k, max_elements // max(1, x.shape[0] * model.x_dim)))
+    check_count("chunk_size", chunk_size)
     q_mean, q_log_var = model.encoder(x)
-    z = reparameterize(q_mean, q_log_var, n_samples, generator)  # (k, B, z_dim)
-    log_px_z = log_px_given_z(model, x, z)  # (k, B)
-    log_w = log_px_z + log_standard_normal(z) - log_diag_normal(z, q_mean, q_log_var)
-    iwae = torch.logsumexp(log_w, 0) - math.log(n_samples)  # (B,)
-    return ELBO(iwae, log_px_z.mean(0), kl_to_prior(q_mean, q_log_var))
+    chunk_lse = []
+    for start in range(0, k, chunk_size):
+        n = min(chunk_size, k - start)
+        z = reparameterize(q_mean, q_log_var, n, generator)  # (n, B, z_dim)
+        log_w, _ = iwae_log_weights(model, x, z, q_mean, q_log_var)  # (n, B)
+        chunk_lse.append(torch.logsumexp(log_w, dim=0))
+    return torch.logsumexp(torch.stack(chunk_lse), dim=0) - math.log(k)
 
 
 # ----- the ELBO of an explicit q, and the best q per example --------------------------
-def draw_noise(n_samples: int, batch_size: int, z_dim: int,
-               generator: torch.Generator | None = None,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A bank of standard normal noise eps, (n_samples, batch_size, z_dim)."""
-    return torch.randn(n_samples, batch_size, z_dim, generator=generator, dtype=dtype)
-
-
 def elbo_of_q(model: VAE | LinearGaussian, x: torch.Tensor, q_mean: torch.Tensor,
               q_log_var: torch.Tensor, eps: torch.Tensor) -> ELBO:
     """The ELBO of each example under q(z|x) = N(q_mean, diag(exp(q_log_var))), estimated
@@ -104,7 +117,7 @@ def elbo_of_q(model: VAE | LinearGaussian, x: torch.Tensor, q_mean: torch.Tensor
     log_px_given_z averaged over the S draws, kl_to_prior in closed form (as `vaetut.elbo`
     does for the encoder's q). The model is a VAE (its decoder) or a LinearGaussian.
     Using the same eps for two q's compares them with common random numbers."""
-    z = q_mean + torch.exp(0.5 * q_log_var) * eps  # (S, B, z_dim)
+    z = reparameterize(q_mean, q_log_var, len(eps), eps=eps)  # (S, B, z_dim)
     if isinstance(model, LinearGaussian):
         recon = model.log_px_given_z(x, z).mean(0)
     else:
@@ -141,8 +154,7 @@ def optimize_q(model: VAE | LinearGaussian, x: torch.Tensor, steps: int = 300,
     """
     check_count("steps", steps)
     check_count("n_samples", n_samples)
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    check_positive("lr", lr)
     exact = isinstance(model, LinearGaussian)
     if exact:
         x = x.to(DTYPE)
@@ -160,7 +172,7 @@ def optimize_q(model: VAE | LinearGaussian, x: torch.Tensor, steps: int = 300,
                 init = model.encoder(x)
     m = init[0].detach().to(dtype).clone().requires_grad_(True)
     v = init[1].detach().to(dtype).clone().requires_grad_(True)
-    eps = draw_noise(n_samples, len(x), model.z_dim, generator, dtype).to(x.device)
+    eps = draw_eps(n_samples, len(x), model.z_dim, generator, dtype).to(x.device)
     with torch.no_grad():
         elbo_start = elbo_of_q(model, x, m, v, eps).elbo
     optimizer = torch.optim.Adam([m, v], lr=lr)
@@ -172,6 +184,48 @@ def optimize_q(model: VAE | LinearGaussian, x: torch.Tensor, steps: int = 300,
     with torch.no_grad():
         final = elbo_of_q(model, x, m, v, eps).elbo
     return OptimizedQ(m.detach(), v.detach(), final, elbo_start)
+
+
+# ----- the ELBO averaged over the data: the joint-KL identity -----------------------------
+
+class JointKL(NamedTuple):
+    """The two sides of E_{p_D}[ELBO] = -KL(p_D(x) q(z|x) || p_theta(x, z)) - H(p_D) and the
+    split of that KL, in nats: expected_elbo and expected_gap (E_{p_D} of the per-x ELBO and
+    of KL(q(z|x) || p_theta(z|x))), joint_kl, data_entropy = H(p_D) and marginal_kl =
+    KL(p_D(x) || p_theta(x))."""
+
+    expected_elbo: float
+    joint_kl: float
+    data_entropy: float
+    marginal_kl: float
+    expected_gap: float
+
+
+def joint_kl_identity(model: LinearGaussian, data_mean: torch.Tensor, data_cov: torch.Tensor,
+                      A: torch.Tensor, c: torch.Tensor, q_cov: torch.Tensor) -> JointKL:
+    """Both sides of the joint-KL identity for a Gaussian data distribution
+    p_D = N(data_mean, data_cov) and a linear encoder q(z|x) = N(A x + c, q_cov), computed
+    independently:
+
+    * E_{p_D}[ELBO(x)] and E_{p_D}[KL(q(z|x) || p_theta(z|x))] from the per-x closed forms
+      (LinearGaussian.elbo, kl_to_posterior) averaged over the sigma points of p_D: both are
+      quadratic in x here, so that average is the exact expectation;
+    * KL(p_D q || p_theta(x, z)) and KL(p_D || p_theta(x)) as KLs between Gaussians over
+      (x, z) and over x (gaussian_kl), and H(p_D) (gaussian_entropy).
+
+    The identity says expected_elbo = -joint_kl - data_entropy, and the chain rule of the KL
+    joint_kl = marginal_kl + expected_gap."""
+    points = sigma_points(data_mean, data_cov)
+    q_mean = points @ A.T + c
+    with torch.no_grad():
+        expected_elbo = model.elbo(points, q_mean, q_cov).mean()
+        expected_gap = model.kl_to_posterior(points, q_mean, q_cov).mean()
+        joint_kl = gaussian_kl(*data_encoder_joint(data_mean, data_cov, A, c, q_cov),
+                               *model.joint())
+        marginal_kl = gaussian_kl(data_mean, data_cov, model.b, model.marginal_cov())
+        entropy = gaussian_entropy(data_cov)
+    return JointKL(float(expected_elbo), float(joint_kl), float(entropy), float(marginal_kl),
+                   float(expected_gap))
 
 
 # ----- the gradient's signal-to-noise ratio (Rainforth et al. 2018) ------------------
@@ -216,15 +270,14 @@ def iwae_gradient_draws(model: VAE, x: torch.Tensor, k: int, n_draws: int,
     for _ in range(n_draws):
         q_mean, q_log_var = model.encoder(x)
         z = reparameterize(q_mean, q_log_var, k, generator)  # (k, B, z_dim)
-        log_joint = log_px_given_z(model, x, z) + log_standard_normal(z)
         if estimator == "iwae":
-            log_w = log_joint - log_diag_normal(z, q_mean, q_log_var)
+            log_w, _ = iwae_log_weights(model, x, z, q_mean, q_log_var)
             iwae = (torch.logsumexp(log_w, 0) - math.log(k)).mean()
             grads = torch.autograd.grad(iwae, enc_params + dec_params)
             g_enc, g_dec = grads[:len(enc_params)], grads[len(enc_params):]
         else:
             # q's parameters enter log w only through z: the score term is cut
-            log_w = log_joint - log_diag_normal(z, q_mean.detach(), q_log_var.detach())
+            log_w, _ = iwae_log_weights(model, x, z, q_mean.detach(), q_log_var.detach())
             w_norm = torch.softmax(log_w, 0).detach()
             surrogate = (w_norm.pow(2) * log_w).sum(0).mean()
             iwae = (torch.logsumexp(log_w, 0) - math.log(k)).mean()

@@ -3,7 +3,7 @@
     p(z)   = N(z; 0, I_K)
     p(x|z) = N(x; W z + b, noise_var I_D)            (Tipping and Bishop 1999)
 
-Everything a VAE can only estimate has a closed form here (book, chapter 1):
+Everything a VAE can only estimate has a closed form here:
 
     log p(x)  = log N(x; b, C),           C = W W^T + noise_var I_D
     p(z|x)    = N(z; M^{-1} W^T (x - b), noise_var M^{-1}),   M = W^T W + noise_var I_K
@@ -15,9 +15,10 @@ torch operations on the stored W, b and noise_var (no .item(), no numpy, no deta
 float64, so torch.autograd can differentiate them with respect to the model's parameters.
 Shapes: x (N, D), z (..., N, K), q_mean (N, K), q_cov (K, K) or (N, K, K).
 
-For the answer page's joint-KL identity the module also has the Gaussians over the stacked
-(x, z) (`LinearGaussian.joint`, `data_encoder_joint`), the KL and entropy of Gaussians
-(`gaussian_kl`, `gaussian_entropy`) and exact expectations of quadratics (`sigma_points`).
+For the joint-KL identity (`bounds.joint_kl_identity`) the module also has the Gaussians
+over the stacked (x, z) (`LinearGaussian.joint`, `data_encoder_joint`), the KL and entropy
+of Gaussians (`gaussian_kl`, `gaussian_entropy`) and exact expectations of quadratics
+(`sigma_points`).
 """
 from __future__ import annotations
 
@@ -26,20 +27,11 @@ from typing import NamedTuple
 
 import torch
 
-from .objective import check_count
+from .checks import check_count
+from .distributions import LOG_2PI
+from .objective import ELBO
 
-LOG_2PI = math.log(2 * math.pi)
 DTYPE = torch.float64
-
-
-class ELBOTerms(NamedTuple):
-    """Per-example terms, each of shape (N,): elbo = log_px_given_z - kl_to_prior
-    (the same fields as vaetut.objective.ELBO)."""
-
-    elbo: torch.Tensor
-    log_px_given_z: torch.Tensor
-    kl_to_prior: torch.Tensor
-
 
 class MonteCarloEstimate(NamedTuple):
     """A per-example Monte Carlo mean and its standard error (sample std / sqrt(n)), (N,)."""
@@ -266,7 +258,7 @@ class LinearGaussian:
         return mean, cov
 
     # ----- the ELBO and the gap -------------------------------------------------------
-    def elbo_terms(self, x, q_mean, q_cov) -> ELBOTerms:
+    def elbo_terms(self, x, q_mean, q_cov) -> ELBO:
         """The exact ELBO of q(z|x) = N(q_mean, q_cov) and its two terms (eq-elbo-practical)::
 
             E_q[log p(x|z)] = -1/2 [D log(2 pi noise_var)
@@ -282,7 +274,7 @@ class LinearGaussian:
         trace_s = torch.diagonal(s, dim1=-2, dim2=-1).sum(-1)
         kl_to_prior = 0.5 * (trace_s + m.pow(2).sum(-1) - self.z_dim
                              - _logdet_from_cholesky(chol_s))
-        return ELBOTerms(log_px_given_z - kl_to_prior, log_px_given_z, kl_to_prior)
+        return ELBO(log_px_given_z - kl_to_prior, log_px_given_z, kl_to_prior)
 
     def elbo(self, x, q_mean, q_cov) -> torch.Tensor:
         """ELBO(q) = E_q[log p(x|z)] - KL(q(z|x) || p(z)), exact, per example; (N,)."""
@@ -330,7 +322,7 @@ class LinearGaussian:
         return MonteCarloEstimate(values.mean(0), values.std(0) / math.sqrt(n_samples))
 
 
-# ----- Gaussians over (x, z): the joint-KL identity (the answer page) -----------------------
+# ----- Gaussians over (x, z), for the joint-KL identity ------------------------------------
 
 def gaussian_kl(mean0, cov0, mean1, cov1) -> torch.Tensor:
     """KL(N(mean0, cov0) || N(mean1, cov1)) for two n-dimensional Gaussians (full covariances)::

@@ -1,4 +1,4 @@
-"""Where the ELBO's gradient goes: split by term and by parameter group (chapter 4).
+"""Where the ELBO's gradient goes: split by term and by parameter group.
 
 The scalar that training differentiates is the negative ELBO averaged over a batch,
 
@@ -7,14 +7,15 @@ The scalar that training differentiates is the negative ELBO averaged over a bat
 with z = q_mean + sigma * eps (Kingma and Welling 2013). This module takes that scalar
 apart: the gradient of each term with respect to the encoder's (phi) and the decoder's
 (theta) parameters, for one fixed eps so that both terms see the same z
-(`term_gradients`); the order in which the backward pass reaches each module
-(`record_backward_order`); objectives with one path of the graph cut, usable as
-`vaetut.fit(..., objective=...)`; and the score-function (REINFORCE, Williams 1992)
-estimator of the encoder's gradient next to the reparameterization estimator
-(`encoder_gradient`), to compare their variances (Mohamed et al. 2020); the ELBO with a
-Monte Carlo KL and its "sticking the landing" gradient, which drops the zero-mean score
-term (Roeder, Wu and Duvenaud 2017; `elbo_mc_kl`, `mc_kl_encoder_gradients`); and small
-independent checks (`finite_difference`, `projection_shares`, `adam_first_step`).
+(`term_gradients`, `head_gradients`); the order in which the backward pass reaches each
+module (`record_backward_order`) and the same derivatives in forward mode
+(`forward_directional`); the score-function (REINFORCE, Williams 1992) estimator of the
+encoder's gradient next to the reparameterization estimator (`encoder_gradient`), to
+compare their variances (Mohamed et al. 2020); the gradients of the ELBO with a Monte Carlo
+KL with and without "sticking the landing" (Roeder, Wu and Duvenaud 2017;
+`mc_kl_encoder_gradients`); and small independent checks (`finite_difference`,
+`projection_shares`, `adam_first_step`). The objectives it differentiates live in
+`vaetut.objective`; the drawing of the graph is `vaetut.plots.draw_graph`.
 """
 from __future__ import annotations
 
@@ -23,40 +24,18 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
 from torch import nn
+from torch.func import functional_call, jvp
 
+from .checks import check_input
+from .distributions import (draw_eps, kl_to_prior, log_diag_normal, log_px_given_z,
+                            reparameterize)
 from .model import VAE
-from .objective import (ELBO, check_input, kl_to_prior, log_diag_normal, log_px_given_z,
-                        log_standard_normal, reparameterize)
+from .objective import elbo, elbo_mc_kl
 
 if TYPE_CHECKING:
     from .exact import LinearGaussian
 
 TERMS = ("log_px_given_z", "kl_to_prior", "elbo")
-
-
-def draw_eps(model: VAE, batch_size: int, n_samples: int = 1,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-    """Standard normal noise eps of shape (n_samples, batch_size, z_dim) on the model's
-    device and dtype: the only randomness of the reparameterized ELBO."""
-    p = next(model.parameters())
-    return torch.randn(n_samples, batch_size, model.z_dim, dtype=p.dtype, device=p.device,
-                       generator=generator)
-
-
-def elbo_terms_at(model: VAE, x: torch.Tensor, eps: torch.Tensor,
-                  detach_z: bool = False) -> ELBO:
-    """The ELBO and its two terms per example (B,), at the given noise eps (S, B, z_dim).
-
-    z = q_mean + exp(q_log_var / 2) * eps; with detach_z the decoder sees z as a
-    constant, so no gradient flows from the reconstruction term back into the encoder.
-    """
-    q_mean, q_log_var = model.encoder(x)  # (B, z_dim) each
-    z = q_mean + torch.exp(0.5 * q_log_var) * eps  # (S, B, z_dim)
-    if detach_z:
-        z = z.detach()
-    recon = log_px_given_z(model, x, z).mean(0)  # (B,)
-    kl = kl_to_prior(q_mean, q_log_var)  # (B,)
-    return ELBO(recon - kl, recon, kl)
 
 
 @dataclass
@@ -105,10 +84,9 @@ def term_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor | None = None,
     gradient of the ELBO can be checked to be their difference.
     """
     check_input(model, x)
-    if eps is None:
-        eps = draw_eps(model, len(x), 1, generator)
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
-    terms = elbo_terms_at(model, x, eps, detach_z=detach_z)
+    n_samples = 1 if eps is None else len(eps)
+    terms = elbo(model, x, n_samples, generator, validate=False, eps=eps, detach_z=detach_z)
     grads: dict[str, dict[str, torch.Tensor]] = {}
     reached: dict[str, set[str]] = {}
     for i, term in enumerate(TERMS):
@@ -169,7 +147,7 @@ def head_gradients(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> HeadGradie
     """
     check_input(model, x)
     q_mean, q_log_var = model.encoder(x)
-    z = q_mean + torch.exp(0.5 * q_log_var) * eps
+    z = reparameterize(q_mean, q_log_var, len(eps), eps=eps)
     loss = -(log_px_given_z(model, x, z).mean(0) - kl_to_prior(q_mean, q_log_var)).mean()
     grad_mean, grad_log_var = torch.autograd.grad(loss, [q_mean, q_log_var])
     z_leaf = z.detach().requires_grad_(True)
@@ -189,12 +167,42 @@ def recon_encoder_gradient_via_z(model: VAE, x: torch.Tensor, eps: torch.Tensor
     names, params = zip(*[(n, p) for n, p in model.named_parameters()
                           if n.startswith("encoder.") and p.requires_grad])
     q_mean, q_log_var = model.encoder(x)
-    z = q_mean + torch.exp(0.5 * q_log_var) * eps
+    z = reparameterize(q_mean, q_log_var, len(eps), eps=eps)
     z_leaf = z.detach().requires_grad_(True)
     (g,) = torch.autograd.grad(log_px_given_z(model, x, z_leaf).mean(0).mean(), z_leaf)
     got = torch.autograd.grad(z, params, grad_outputs=g, allow_unused=True,
                               materialize_grads=True)
     return dict(zip(names, got))
+
+
+class _Loss(torch.nn.Module):
+    """-mean ELBO of `vae` at fixed noise eps, as a module, so torch.func can call it with
+    its parameters swapped for others (names carry the prefix "vae.")."""
+
+    def __init__(self, vae: VAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return -elbo(self.vae, x, len(eps), validate=False, eps=eps).elbo.mean()
+
+
+def forward_directional(model: VAE, x: torch.Tensor, eps: torch.Tensor,
+                        direction: dict[str, torch.Tensor]) -> float:
+    """The derivative of the loss -mean ELBO (at the fixed noise eps (S, B, z_dim)) along
+    `direction` (one tensor per parameter name of `model`), in forward mode
+    (torch.func.jvp): the tangent travels with the forward pass, parameters -> encoder ->
+    z -> decoder -> loss, and no backward pass is run. Reverse mode gives the same
+    number as the sum over parameters of <gradient, direction>."""
+    loss_module = _Loss(model)
+    params = {f"vae.{n}": p.detach() for n, p in model.named_parameters()}
+    tangents = {f"vae.{n}": direction[n].to(p) for n, p in model.named_parameters()}
+
+    def loss(p):
+        return functional_call(loss_module, p, (x, eps))
+
+    _, derivative = jvp(loss, (params,), (tangents,))
+    return float(derivative)
 
 
 def group_norm(grads: dict[str, torch.Tensor], prefix: str) -> float:
@@ -233,36 +241,6 @@ def record_backward_order(model: nn.Module, loss_fn: Callable[[], torch.Tensor])
         for h in handles:
             h.remove()
     return order
-
-
-# ---- objectives with one path cut (for vaetut.fit(..., objective=...)) --------------------
-
-def elbo_z_detached(model: VAE, x: torch.Tensor, n_samples: int = 1,
-                    generator: torch.Generator | None = None, validate: bool = True) -> ELBO:
-    """The ELBO, with z detached before the decoder.
-
-    Its value is the ELBO; its gradient reaches the encoder only through the KL term,
-    because the reconstruction term's only path to phi runs through z.
-    """
-    if validate:
-        check_input(model, x)
-    eps = draw_eps(model, len(x), n_samples, generator)
-    return elbo_terms_at(model, x, eps, detach_z=True)
-
-
-def elbo_without_kl(model: VAE, x: torch.Tensor, n_samples: int = 1,
-                    generator: torch.Generator | None = None, validate: bool = True) -> ELBO:
-    """The ELBO whose KL term carries no gradient.
-
-    Its value is still the ELBO (so learning curves compare with the full objective's),
-    but the gradient is that of the reconstruction term alone: an autoencoder with noise.
-    """
-    if validate:
-        check_input(model, x)
-    eps = draw_eps(model, len(x), n_samples, generator)
-    terms = elbo_terms_at(model, x, eps)
-    return ELBO(terms.log_px_given_z - terms.kl_to_prior.detach(), terms.log_px_given_z,
-                terms.kl_to_prior)
 
 
 # ---- the score-function estimator ----------------------------------------------------
@@ -314,68 +292,12 @@ def estimator_variance(model: VAE, x: torch.Tensor, n_samples: int, estimator: s
     return estimates.mean(0), float(estimates.var(0).sum())
 
 
-# ---- a picture of the graph ----------------------------------------------------------
-
-_GRAPH_BOXES = {  # name: (x, y, label) for a VAE with one hidden layer
-    "x": (0.0, 1.0, "$x$"),
-    "encoder.body.0": (1.5, 1.0, "encoder.body.0\nLinear"),
-    "encoder.act": (3.1, 1.0, "encoder.act\nReLU"),
-    "encoder.mean": (4.8, 1.8, "encoder.mean\nLinear: $\\mu$"),
-    "encoder.log_var": (4.8, 0.2, "encoder.log_var\nLinear: $\\log\\sigma^2$"),
-    "z": (6.6, 1.0, "$z = \\mu + \\sigma\\,\\varepsilon$"),
-    "eps": (6.6, 2.4, "$\\varepsilon \\sim N(0, I)$"),
-    "decoder.net.0": (8.3, 1.0, "decoder.net.0\nLinear"),
-    "decoder.net.1": (9.9, 1.0, "decoder.net.1\nReLU"),
-    "decoder.net.2": (11.5, 1.0, "decoder.net.2\nLinear: logits"),
-    "recon": (13.2, 1.0, "$\\log p_\\theta(x|z)$"),
-    "x_data": (13.2, 2.4, "$x$"),
-    "kl": (8.3, -0.7, "KL$(q_\\phi(z|x)\\,\\|\\,p(z))$"),
-    "loss": (13.2, -0.7, "loss = $-$mean ELBO"),
-}
-_GRAPH_EDGES = [("x", "encoder.body.0"), ("encoder.body.0", "encoder.act"),
-                ("encoder.act", "encoder.mean"), ("encoder.act", "encoder.log_var"),
-                ("encoder.mean", "z"), ("encoder.log_var", "z"), ("eps", "z"),
-                ("z", "decoder.net.0"), ("decoder.net.0", "decoder.net.1"),
-                ("decoder.net.1", "decoder.net.2"), ("decoder.net.2", "recon"),
-                ("x_data", "recon"), ("encoder.mean", "kl"), ("encoder.log_var", "kl"),
-                ("recon", "loss"), ("kl", "loss")]
-
-
-def draw_graph(order: list[str], ax=None):
-    """Draw the computation graph of a one-hidden-layer VAE's loss: boxes for the modules
-    and the quantities between them, grey arrows for the forward pass, and on each
-    module the step (1, 2, ...) at which `order` (from record_backward_order) says the
-    backward pass reached it. Decoder modules are orange, encoder modules blue."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.gca()
-    step = {name: i + 1 for i, name in enumerate(order)}
-    texts = {}
-    for name, (x, y, label) in _GRAPH_BOXES.items():
-        colour = ("#fdd9b5" if name.startswith("decoder") else
-                  "#c6dbef" if name.startswith("encoder") else "#eeeeee")
-        if name in step:
-            label = f"{label}\nbackward step {step[name]}"
-        texts[name] = ax.text(x, y, label, ha="center", va="center", fontsize=7.5,
-                              bbox=dict(boxstyle="round,pad=0.35", fc=colour, ec="0.4"))
-    for src, dst in _GRAPH_EDGES:
-        (x0, y0, _), (x1, y1, _) = _GRAPH_BOXES[src], _GRAPH_BOXES[dst]
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops=dict(arrowstyle="->", color="0.45", shrinkA=1, shrinkB=1,
-                                    patchA=texts[src].get_bbox_patch(),
-                                    patchB=texts[dst].get_bbox_patch()))
-    ax.set_xlim(-0.5, 14.3)
-    ax.set_ylim(-1.3, 3.0)
-    ax.set_axis_off()
-    return ax
-
-
 # ---- independent checks of a gradient -------------------------------------------------
 
 def finite_difference(model: VAE, x: torch.Tensor, eps: torch.Tensor, term: str, name: str,
                       index: tuple[int, ...], h: float = 1e-6) -> float:
     """The central difference (f(w + h) - f(w - h)) / 2h of the batch mean of one term
-    (one of TERMS) of `elbo_terms_at(model, x, eps)` with respect to one entry `index` of
+    (one of TERMS) of `vaetut.elbo` at the noise eps with respect to one entry `index` of
     the parameter `name`, all else fixed: a derivative that uses no autograd.
 
     Use a float64 model (float32 round-off swamps the difference at small h). The entry
@@ -390,7 +312,8 @@ def finite_difference(model: VAE, x: torch.Tensor, eps: torch.Tensor, term: str,
         try:
             for w in (old + h, old - h):
                 param[index] = w
-                values.append(float(getattr(elbo_terms_at(model, x, eps), term).mean()))
+                terms = elbo(model, x, len(eps), validate=False, eps=eps)
+                values.append(float(getattr(terms, term).mean()))
         finally:
             param[index] = old
     return (values[0] - values[1]) / (2 * h)
@@ -416,31 +339,6 @@ def adam_first_step(grad: torch.Tensor, lr: float, eps: float = 1e-8) -> torch.T
 
 # ---- a Monte Carlo KL and sticking the landing (Roeder, Wu and Duvenaud 2017) ----------
 
-def elbo_mc_kl(model: VAE, x: torch.Tensor, eps: torch.Tensor,
-               stick_the_landing: bool = False) -> ELBO:
-    """The ELBO with the KL to the prior estimated by Monte Carlo at noise eps (S, B, z_dim):
-
-        ELBO_hat = (1/S) sum_s [ log p(x|z_s) + log p(z_s) - log q_phi(z_s|x) ],
-        z_s = mu_phi(x) + sigma_phi(x) * eps_s,
-
-    per example (B,). Its gradient in phi has three parts: the path through z in
-    log p(x, z), the path through z in -log q, and the score term
-    -grad_phi log q_phi(z|x) with z held fixed, whose expectation under q is zero.
-    stick_the_landing drops the score term, by evaluating log q with detached copies of
-    mu and log sigma^2 (z itself is not detached): the "sticking the landing" estimator,
-    unbiased for the same gradient, and exactly zero for every eps when q is the exact
-    posterior, since then log p(x, z) - log q(z|x) = log p(x) does not depend on z.
-    The value is the same either way.
-    """
-    check_input(model, x)
-    q_mean, q_log_var = model.encoder(x)
-    z = q_mean + torch.exp(0.5 * q_log_var) * eps  # (S, B, z_dim)
-    q_params = (q_mean.detach(), q_log_var.detach()) if stick_the_landing else (q_mean, q_log_var)
-    recon = log_px_given_z(model, x, z).mean(0)  # (B,)
-    kl = (log_diag_normal(z, *q_params) - log_standard_normal(z)).mean(0)  # (B,)
-    return ELBO(recon - kl, recon, kl)
-
-
 class MCKLGradients(NamedTuple):
     """n_repeats independent one-draw estimates of the gradient of the batch-mean ELBO
     with respect to the encoder's parameters, each (n_repeats, P) in float64."""
@@ -458,17 +356,19 @@ def mc_kl_encoder_gradients(model: VAE, x: torch.Tensor, n_repeats: int,
     term that sticking the landing drops, computed on its own (so full = stl + score is a
     check, not a definition)."""
     params = [p for p in model.encoder.parameters() if p.requires_grad]
+    weight = next(model.parameters())
 
     def flat(scalar):
         return torch.cat([g.reshape(-1) for g in torch.autograd.grad(scalar, params)]).double()
 
     rows: dict[str, list[torch.Tensor]] = {"full": [], "stl": [], "score": []}
     for _ in range(n_repeats):
-        eps = draw_eps(model, len(x), n_samples, generator)
-        rows["full"].append(flat(elbo_mc_kl(model, x, eps).elbo.mean()))
-        rows["stl"].append(flat(elbo_mc_kl(model, x, eps, stick_the_landing=True).elbo.mean()))
+        eps = draw_eps(n_samples, len(x), model.z_dim, generator, weight.dtype, weight.device)
+        rows["full"].append(flat(elbo_mc_kl(model, x, n_samples, eps=eps).elbo.mean()))
+        rows["stl"].append(flat(elbo_mc_kl(model, x, n_samples, eps=eps,
+                                           stick_the_landing=True).elbo.mean()))
         q_mean, q_log_var = model.encoder(x)
-        z = (q_mean + torch.exp(0.5 * q_log_var) * eps).detach()
+        z = reparameterize(q_mean, q_log_var, n_samples, eps=eps).detach()
         rows["score"].append(flat(-log_diag_normal(z, q_mean, q_log_var).mean(0).mean()))
     return MCKLGradients(*(torch.stack(rows[k]) for k in MCKLGradients._fields))
 

@@ -12,22 +12,23 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .checks import check_count
+
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
-def _check_dims(x_dim, z_dim, hidden, likelihood=None) -> tuple[int, ...]:
+def check_architecture(x_dim, z_dim, hidden, likelihood=None) -> tuple[int, ...]:
     """Raise ValueError naming the argument unless x_dim and z_dim are positive ints,
     hidden a sequence of positive ints and likelihood one of LIKELIHOODS (when given);
     return hidden as a tuple."""
-    for name, value in (("x_dim", x_dim), ("z_dim", z_dim)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    check_count("x_dim", x_dim)
+    check_count("z_dim", z_dim)
     if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
         raise ValueError(f"hidden must be a sequence of positive ints such as (128,) or "
                          f"(256, 128), got {hidden!r}")
     hidden = tuple(hidden)
-    if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
-        raise ValueError(f"hidden must be a sequence of positive ints, got {hidden!r}")
+    for i, width in enumerate(hidden):
+        check_count(f"hidden[{i}]", width)
     if likelihood is not None and likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
     return hidden
@@ -60,7 +61,7 @@ class Encoder(nn.Module):
 
     def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int]):
         super().__init__()
-        hidden = _check_dims(x_dim, z_dim, hidden)
+        hidden = check_architecture(x_dim, z_dim, hidden)
         self.body = _mlp([x_dim, *hidden])
         self.act = nn.ReLU() if hidden else nn.Identity()
         width = hidden[-1] if hidden else x_dim
@@ -84,7 +85,7 @@ class Decoder(nn.Module):
     def __init__(self, z_dim: int, x_dim: int, hidden: Sequence[int], likelihood: str,
                  min_log_var: float | None = None):
         super().__init__()
-        hidden = _check_dims(x_dim, z_dim, hidden, likelihood)
+        hidden = check_architecture(x_dim, z_dim, hidden, likelihood)
         self.likelihood = likelihood
         self.net = _mlp([z_dim, *reversed(hidden), x_dim])
         if likelihood == "gaussian":
@@ -95,7 +96,7 @@ class Decoder(nn.Module):
         """The Gaussian per-pixel log-variance the likelihood uses: `log_var` itself, or,
         with `min_log_var` set, min_log_var + softplus(log_var - min_log_var), which never
         falls below the floor and keeps a gradient everywhere. A learned variance on
-        discrete pixels can otherwise shrink without bound (chapter 6)."""
+        discrete pixels can otherwise shrink without bound."""
         if self.min_log_var is None:
             return self.log_var
         return self.min_log_var + nn.functional.softplus(self.log_var - self.min_log_var)
@@ -120,7 +121,7 @@ class VAE(nn.Module):
     def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (128,),
                  likelihood: str = "bernoulli", min_log_var: float | None = None):
         super().__init__()
-        hidden = _check_dims(x_dim, z_dim, hidden, likelihood)
+        hidden = check_architecture(x_dim, z_dim, hidden, likelihood)
         check_min_log_var(min_log_var)
         self._hidden = list(hidden)
         self.x_dim, self.z_dim, self.likelihood = x_dim, z_dim, likelihood

@@ -1,6 +1,11 @@
 """Figures the chapters share. Each function draws on a given Axes (or makes one) and
 returns it, so a notebook cell stays one line of plotting. `book_style()` sets the one
-figure style of the book (resolution and font sizes for the HTML page)."""
+figure style of the book (resolution and font sizes for the HTML page).
+
+Images and training: `image_grid`, `image_rows`, `learning_curves`, `manifold_grid`,
+`latent_scatter`. The exact model: `gaussian_contours`, `bound_and_gap`, and a climb of the
+ELBO along one decoder parameter, `draw_climb`. Gradients: `draw_graph`, the computation
+graph of a VAE's loss with the order the backward pass reaches its modules."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,6 +13,10 @@ from typing import Sequence
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import torch
+from torch.distributions import MultivariateNormal
+
+from . import em
+from .exact import DTYPE, LinearGaussian
 
 # The book's figure style (see `book_style`). The content column is 800 pixels wide at a
 # 1280-pixel window and about 930 at most; at 200 dpi a figure 4.7 inches wide or more has
@@ -198,4 +207,120 @@ def latent_scatter(z: torch.Tensor, labels: torch.Tensor, ax: plt.Axes | None = 
               bbox_to_anchor=(1.0, 0.5))
     if title:
         ax.set_title(title)
+    return ax
+
+
+# ----- the exact model ------------------------------------------------------------------
+def gaussian_contours(ax: plt.Axes, mean: torch.Tensor, cov: torch.Tensor,
+                      extent: Sequence[float], levels: int = 6, resolution: int = 200,
+                      **contour_kwargs) -> plt.Axes:
+    """Contour lines of the 2-d density N(mean, cov) over extent = (x0, x1, y0, y1)."""
+    mean, cov = mean.detach().double().reshape(2), cov.detach().double().reshape(2, 2)
+    x0, x1, y0, y1 = extent
+    g1, g2 = torch.meshgrid(torch.linspace(x0, x1, resolution, dtype=torch.float64),
+                            torch.linspace(y0, y1, resolution, dtype=torch.float64), indexing="xy")
+    density = MultivariateNormal(mean, cov).log_prob(torch.stack([g1, g2], -1)).exp()
+    ax.contour(g1.numpy(), g2.numpy(), density.numpy(), levels=levels, **contour_kwargs)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_aspect("equal")
+    return ax
+
+
+def bound_and_gap(ax: plt.Axes, t: torch.Tensor, log_px: torch.Tensor, elbo: torch.Tensor,
+                  kl: torch.Tensor, xlabel: str) -> plt.Axes:
+    """log p(x) (flat), the ELBO below it, and KL(q || p(z|x)) stacked on the ELBO: the
+    ELBO + KL curve is drawn over log p(x) to show that they coincide."""
+    t, log_px, elbo, kl = (v.detach().double().numpy() for v in (t, log_px, elbo, kl))
+    ax.fill_between(t, elbo, elbo + kl, color="tab:orange", alpha=0.3,
+                    label=r"KL$(q(z|x)\,\|\,p(z|x))$")
+    ax.plot(t, elbo, color="tab:blue", label="ELBO")
+    ax.plot(t, log_px, color="black", lw=3, alpha=0.4, label=r"$\log p(x)$")
+    ax.plot(t, elbo + kl, color="black", ls=":", label="ELBO + KL")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("nats")
+    return ax
+
+
+def draw_climb(ax: plt.Axes | None, model: LinearGaussian, x: torch.Tensor, climb: em.ClimbHistory,
+               scales: torch.Tensor, curves_at: list[int], title: str = ""):
+    """log p(x) against s (thick grey), the ELBO curve of the q of each climb point listed
+    in `curves_at` (thin, dashed), and the climb's path: for up to 20 points, dots joined by
+    arrows (vertical for a step in q, along the bound for a step in s); for more, a line
+    with a dot every 10 steps."""
+    ax = ax or plt.gca()
+    x = x.to(DTYPE)
+    log_px, _ = em.bound_slice(model, x, scales, *climb.qs[0])
+    ax.plot(scales.numpy(), log_px.numpy(), color="black", lw=3, alpha=0.45,
+            label=r"$\log p_\theta(x)$")
+    for j, i in enumerate(curves_at):
+        _, elbo = em.bound_slice(model, x, scales, *climb.qs[i])
+        ax.plot(scales.numpy(), elbo.numpy(), ls="--", lw=1,
+                color=plt.cm.viridis(j / max(1, len(curves_at))), label=f"ELBO, q of step {i}")
+    if len(climb.s) <= 20:  # a few exact steps: one arrow each
+        ax.plot(climb.s, climb.elbo, "o", ms=3, color="tab:red", zorder=3)
+        for i in range(1, len(climb.s)):
+            ax.annotate("", xy=(climb.s[i], climb.elbo[i]),
+                        xytext=(climb.s[i - 1], climb.elbo[i - 1]),
+                        arrowprops=dict(arrowstyle="->", color="tab:red", lw=1, shrinkA=0, shrinkB=0))
+    else:  # many small steps: the path, with a dot every 10 steps
+        ax.plot(climb.s, climb.elbo, "-", color="tab:red", lw=1.2, label="path of the climb")
+        ax.plot(climb.s[::10], climb.elbo[::10], "o", ms=3, color="tab:red", zorder=3)
+    ax.set_xlabel(r"decoder parameter $s$ (scale of $W$)")
+    ax.set_ylabel("nats per digit")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+# ----- the graph of the loss ------------------------------------------------------------
+_GRAPH_BOXES = {  # name: (x, y, label) for a VAE with one hidden layer
+    "x": (0.0, 1.0, "$x$"),
+    "encoder.body.0": (1.5, 1.0, "encoder.body.0\nLinear"),
+    "encoder.act": (3.1, 1.0, "encoder.act\nReLU"),
+    "encoder.mean": (4.8, 1.8, "encoder.mean\nLinear: $\\mu$"),
+    "encoder.log_var": (4.8, 0.2, "encoder.log_var\nLinear: $\\log\\sigma^2$"),
+    "z": (6.6, 1.0, "$z = \\mu + \\sigma\\,\\varepsilon$"),
+    "eps": (6.6, 2.4, "$\\varepsilon \\sim N(0, I)$"),
+    "decoder.net.0": (8.3, 1.0, "decoder.net.0\nLinear"),
+    "decoder.net.1": (9.9, 1.0, "decoder.net.1\nReLU"),
+    "decoder.net.2": (11.5, 1.0, "decoder.net.2\nLinear: logits"),
+    "recon": (13.2, 1.0, "$\\log p_\\theta(x|z)$"),
+    "x_data": (13.2, 2.4, "$x$"),
+    "kl": (8.3, -0.7, "KL$(q_\\phi(z|x)\\,\\|\\,p(z))$"),
+    "loss": (13.2, -0.7, "loss = $-$mean ELBO"),
+}
+_GRAPH_EDGES = [("x", "encoder.body.0"), ("encoder.body.0", "encoder.act"),
+                ("encoder.act", "encoder.mean"), ("encoder.act", "encoder.log_var"),
+                ("encoder.mean", "z"), ("encoder.log_var", "z"), ("eps", "z"),
+                ("z", "decoder.net.0"), ("decoder.net.0", "decoder.net.1"),
+                ("decoder.net.1", "decoder.net.2"), ("decoder.net.2", "recon"),
+                ("x_data", "recon"), ("encoder.mean", "kl"), ("encoder.log_var", "kl"),
+                ("recon", "loss"), ("kl", "loss")]
+
+
+def draw_graph(order: list[str], ax=None):
+    """Draw the computation graph of a one-hidden-layer VAE's loss: boxes for the modules
+    and the quantities between them, grey arrows for the forward pass, and on each
+    module the step (1, 2, ...) at which `order` (from record_backward_order) says the
+    backward pass reached it. Decoder modules are orange, encoder modules blue."""
+    ax = ax or plt.gca()
+    step = {name: i + 1 for i, name in enumerate(order)}
+    texts = {}
+    for name, (x, y, label) in _GRAPH_BOXES.items():
+        colour = ("#fdd9b5" if name.startswith("decoder") else
+                  "#c6dbef" if name.startswith("encoder") else "#eeeeee")
+        if name in step:
+            label = f"{label}\nbackward step {step[name]}"
+        texts[name] = ax.text(x, y, label, ha="center", va="center", fontsize=7.5,
+                              bbox=dict(boxstyle="round,pad=0.35", fc=colour, ec="0.4"))
+    for src, dst in _GRAPH_EDGES:
+        (x0, y0, _), (x1, y1, _) = _GRAPH_BOXES[src], _GRAPH_BOXES[dst]
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                    arrowprops=dict(arrowstyle="->", color="0.45", shrinkA=1, shrinkB=1,
+                                    patchA=texts[src].get_bbox_patch(),
+                                    patchB=texts[dst].get_bbox_patch()))
+    ax.set_xlim(-0.5, 14.3)
+    ax.set_ylim(-1.3, 3.0)
+    ax.set_axis_off()
     return ax

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .model import VAE
-from .objective import log_px_given_z, reparameterize
+from .distributions import log_px_given_z, reparameterize
 
 
 class GaussianPrior(nn.Module):

@@ -125,7 +125,7 @@ def kernels() -> dict[str, torch.Tensor]:
 def training_runs(epochs: int = 8) -> dict[str, torch.Tensor]:
     """The weights after short runs of chapter 5's two trainings (seed 0, fit's default step)."""
     import vaetut
-    from vaetut.bounds import iwae_objective
+    from vaetut.objective import iwae_objective
 
     data = vaetut.data.load_digits(binarize="fixed")
     out = {}
