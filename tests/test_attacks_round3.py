@@ -115,3 +115,93 @@ def test_3_save_checkpoint_refuses_a_checkpoint_another_process_writes(tmp_path)
     with checkpoint_module.writer_lock(path):  # re-entrant: fit holds it around its saves
         vaetut.save_checkpoint(path, vaetut.VAE(10, 3), epoch=3)
     assert vaetut.load_checkpoint(path)[1]["epoch"] == 3
+
+
+# ----- 4. a crafted file costs its size, not what it claims --------------------------------
+def test_4_a_huge_sparse_file_is_refused_from_its_last_bytes(tmp_path, monkeypatch):
+    path = tmp_path / "sparse.pt"
+    vaetut.save_checkpoint(path, vaetut.VAE(10, 3))
+    with open(path, "r+b") as f:
+        f.truncate(3 << 30)  # 3 GB that the disk does not hold: zeros after the archive
+    reads = []
+    real_read = os.read
+
+    def counting_read(fd, n):
+        reads.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", counting_read)
+    with pytest.raises(ValueError, match=r"sparse\.pt.*does not end with a zip archive"):
+        vaetut.load_checkpoint(path)
+    assert sum(reads) < 1 << 20, f"read {sum(reads)} bytes of a file that is not an archive"
+    # end records claiming a huge directory are refused before it is read, too
+    with open(path, "r+b") as f:
+        f.seek(0, os.SEEK_END)
+        f.write(b"PK\x05\x06" + bytes(8) + (2**31).to_bytes(4, "little") + bytes(6))
+    reads.clear()
+    with pytest.raises(ValueError, match=r"sparse\.pt.*zip directory claims"):
+        vaetut.load_checkpoint(path)
+    assert sum(reads) < 1 << 20
+
+
+def test_14_bytes_before_the_archive_are_named_as_such(tmp_path):
+    path = tmp_path / "ck.pt"
+    vaetut.save_checkpoint(path, vaetut.VAE(10, 3))
+    path.write_bytes(bytes(8) + path.read_bytes())
+    with pytest.raises(ValueError, match=r"ck\.pt.*8 bytes before its end records.*added"):
+        vaetut.load_checkpoint(path)
+
+
+# ----- 5. the archive's directory entries are checked, not only their contents ------------
+def _patch_entry(path, name, offset, size, change):
+    """Change one field (at `offset` in the central-directory entry of record `name`)."""
+    data = bytearray(path.read_bytes())
+    at = data.index(b"PK\x01\x02" + bytes(0), data.rindex(b"PK\x05\x06") - 4096)
+    while True:
+        n, e, c = (int.from_bytes(data[at + k:at + k + 2], "little") for k in (28, 30, 32))
+        if data[at + 46:at + 46 + n].decode() == name:
+            break
+        at += 46 + n + e + c
+        assert data[at:at + 4] == b"PK\x01\x02", name
+    field = int.from_bytes(data[at + offset:at + offset + size], "little")
+    data[at + offset:at + offset + size] = change(field).to_bytes(size, "little")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("offset, size, change, says", [
+    (38, 4, lambda v: v | 0x10, "flagged as a folder"),      # the DOS directory attribute
+    (38, 4, lambda v: v | 0o644 << 16, "attributes"),
+    (8, 2, lambda v: v | 0x1, "flags 0x809"),                 # 'encrypted'
+    (20, 4, lambda v: v - 1, "claims"),                       # stored size != size
+    (42, 4, lambda v: v + 1, "local header"),                 # offset of the local header
+])
+def test_5_a_changed_directory_entry_of_any_weight_record_is_refused(tmp_path, offset, size,
+                                                                      change, says):
+    path = tmp_path / "ck.pt"
+    vaetut.save_checkpoint(path, vaetut.VAE(10, 3))
+    good = path.read_bytes()
+    import zipfile
+    names = [n for n in zipfile.ZipFile(path).namelist() if "/data/" in n]
+    for name in names:
+        path.write_bytes(good)
+        _patch_entry(path, name, offset, size, change)
+        with pytest.raises(ValueError, match=rf"ck\.pt.*{name}.*{says}"):
+            vaetut.load_checkpoint(path)
+
+
+# ----- 9 and 14. errors that name what is wrong --------------------------------------------
+def test_9_a_small_file_claiming_a_huge_width_names_the_config_key(tmp_path):
+    small = vaetut.VAE(10, 3, (4,))
+    path = tmp_path / "wide.pt"
+    for key, value in (("x_dim", 2**62), ("z_dim", 2**40), ("hidden", [2**62])):
+        torch.save({"format_version": 1, "config": {**small.config, key: value},
+                    "model": small.state_dict()}, path)
+        with pytest.raises(ValueError, match=rf"wide\.pt.*'s {key}(\[0\])? is.*cannot hold"):
+            vaetut.load_checkpoint(path)
+
+
+def test_14_map_location_cpu_1_is_named(tmp_path):
+    path = tmp_path / "ck.pt"
+    vaetut.save_checkpoint(path, vaetut.VAE(10, 3))
+    with pytest.raises(ValueError, match=r"map_location='cpu:1': there is one CPU device"):
+        vaetut.load_checkpoint(path, map_location="cpu:1")

@@ -131,7 +131,7 @@ def test_4_a_config_asking_for_a_huge_model_is_refused_before_anything_is_built(
     assert time.time() - start < 5
     # weights of the claimed shapes are what it takes: a file that small cannot hold them
     _crafted(path, {**small.config, "hidden": [4], "x_dim": 10**6}, small.state_dict())
-    with pytest.raises(ValueError, match=r"weights do not fit"):
+    with pytest.raises(ValueError, match=r"x_dim is 1000000.*cannot hold"):
         vaetut.load_checkpoint(path)
     _crafted(path, {**small.config, "hidden": [4] * 100000}, small.state_dict())
     start = time.time()

@@ -98,5 +98,5 @@ def _check_same_file(tmp: str, written: os.stat_result) -> None:
     now = os.lstat(tmp)
     if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (written.st_dev,
                                                                      written.st_ino):
-        raise FileExistsError(errno.EEXIST, "its temporary was replaced while it was written (another "
-                                  "process is changing this folder); nothing was written")
+        raise FileExistsError(errno.EEXIST, "its temporary was replaced while it was written "
+                              "(another process is changing this folder); nothing was written")

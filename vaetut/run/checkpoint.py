@@ -9,10 +9,11 @@ import os
 import pickle
 import socket
 import stat
+import struct
 import sys
 import tempfile
 import zipfile
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import filelock
 import torch
@@ -225,13 +226,16 @@ def _map_location(map_location: Any) -> torch.device:
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"map_location={map_location!r}, but MPS is not available here; use "
                          "map_location='cpu'")
+    elif device.type == "cpu" and device.index not in (None, 0):
+        raise ValueError(f"map_location={map_location!r}: there is one CPU device, 'cpu'")
     elif device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"map_location={map_location!r}: vaetut loads onto cpu, cuda or mps")
     return device
 
 
 def _read_file(path: str) -> bytes:
-    """The bytes of the regular file at `path` (a link is followed for reading), with a
+    """The bytes of the regular file at `path` (a link is followed for reading), read only
+    after its last bytes were found to end a zip archive (`_check_zip_end`), with a
     ValueError or an OSError that says what is wrong with it."""
     try:
         st = os.stat(path)
@@ -239,8 +243,6 @@ def _read_file(path: str) -> bytes:
         raise FileNotFoundError(f"no checkpoint at {os.path.abspath(path)!r}") from None
     except OSError as err:
         raise type(err)(err.errno, f"cannot reach the checkpoint ({err.strerror})", path) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ValueError(f"{path!r} is a folder, not a checkpoint file")
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"{path!r} is {_file_kind(st.st_mode)}, not a checkpoint file")
     if st.st_size == 0:
@@ -250,9 +252,12 @@ def _read_file(path: str) -> bytes:
     except OSError as err:
         raise type(err)(err.errno, f"cannot read the checkpoint ({err.strerror})", path) from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"{path!r} is not a regular file: not a checkpoint file")
         with os.fdopen(fd, "rb", closefd=False) as f:
+            _check_zip_end(path, f, st.st_size)
+            f.seek(0)
             return f.read()
     except OSError as err:
         raise type(err)(err.errno, f"cannot read the checkpoint ({err.strerror})", path) from None
@@ -260,27 +265,59 @@ def _read_file(path: str) -> bytes:
         os.close(fd)
 
 
+_END, _END64, _LOCATOR = b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07"
+_MAX_DIRECTORY = 1 << 20  # bytes of zip directory: a checkpoint's few hundred records need KBs
+
+
+def _check_zip_end(path: str, f: BinaryIO, size: int) -> None:
+    """ValueError unless the last bytes of `f` (`size` bytes) are the end records of a zip
+    archive as torch.save writes it (no comment; zip64 records when present), whose
+    directory ends where they begin and whose first record is at byte 0: read in at most
+    98 bytes, so a file that is not such an archive costs nothing however large it claims
+    or is."""
+    f.seek(max(0, size - 98))
+    tail = f.read(98)
+    end = len(tail) - 22
+    if end < 0 or tail[end:end + 4] != _END:
+        raise ValueError(f"{path!r} is not a readable checkpoint: it does not end with a zip "
+                         "archive's end record (truncated, damaged or not written by torch.save)")
+    count, directory_size, directory_at = struct.unpack_from("<HII", tail, end + 10)
+    ends_at = said_end = size - 22
+    if end == 76 and tail[56:60] == _LOCATOR and tail[:4] == _END64:  # zip64, as torch writes
+        count, directory_size, directory_at = struct.unpack_from("<QQQ", tail, 32)
+        ends_at, said_end = size - 98, struct.unpack_from("<Q", tail, 64)[0]
+    if directory_size > _MAX_DIRECTORY or directory_size < 46 * count:
+        raise ValueError(f"{path!r} is damaged: its zip directory claims {count} records in "
+                         f"{directory_size} bytes")
+    gap = ends_at - directory_at - directory_size or ends_at - said_end
+    if gap:
+        raise ValueError(f"{path!r} is damaged or not a checkpoint: its zip directory, said to "
+                         f"start at byte {directory_at}, ends {gap} bytes before its end "
+                         "records (bytes added before the archive, or lost)")
+
+
 def _check_archive(path: str, data: bytes) -> None:
-    """ValueError unless `data` is a zip archive as torch.save writes it: every record
-    stored uncompressed, their sizes adding up to no more than the file, and every
-    record's CRC-32 right (a flipped byte anywhere in a tensor is found here)."""
+    """ValueError unless `data` is a zip archive as torch.save writes it: each record's entry
+    in the directory as torch writes it (a plain file, no attributes, stored uncompressed
+    under the archive's folder) and matching its local header, the records apart from one
+    another within the file, and every record's CRC-32 right (a flipped byte anywhere in a
+    tensor is found here)."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-        records = archive.infolist()
+        records = sorted(archive.infolist(), key=lambda r: r.header_offset)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as err:
         raise ValueError(f"{path!r} is not a readable checkpoint (truncated, damaged or not "
                          f"written by torch.save: {err})") from err
-    total = 0
-    for record in records:
-        if record.compress_type != zipfile.ZIP_STORED:
-            raise ValueError(
-                f"{path!r}: its record {record.filename!r} is compressed (zip method "
-                f"{record.compress_type}); torch.save stores records uncompressed, and a "
-                "compressed record can expand far beyond the file's size, so it is not loaded")
-        total += record.file_size
-    if total > len(data):
-        raise ValueError(f"{path!r}: its records claim {total} bytes, more than the file's "
-                         f"{len(data)}: damaged or crafted, not loaded")
+    folder = records[0].filename.split("/")[0] + "/" if records else ""
+    starts = [r.header_offset for r in records[1:]] + [archive.start_dir]
+    if not records or records[0].header_offset != 0:
+        raise ValueError(f"{path!r} is damaged or not a checkpoint: its archive does not "
+                         "start at its first byte")
+    for record, next_start in zip(records, starts):
+        problem = _record_problem(record, data, folder, next_start)
+        if problem:
+            raise ValueError(f"{path!r} is damaged or crafted: its record {record.filename!r} "
+                             f"{problem}; torch.save writes no such record, so it is not loaded")
     try:
         bad = archive.testzip()
     except Exception as err:  # zipfile fails in several ways on a damaged header
@@ -288,6 +325,32 @@ def _check_archive(path: str, data: bytes) -> None:
     if bad is not None:
         raise ValueError(f"{path!r} is damaged: its record {bad!r} fails its CRC-32 check "
                          "(bytes changed after it was written); it is not loaded")
+
+
+def _record_problem(record: zipfile.ZipInfo, data: bytes, folder: str, next_start: int) -> str:
+    """What is wrong with one record's directory entry, checked against its local header and
+    the next record's start, or ''."""
+    if record.compress_type != zipfile.ZIP_STORED:
+        return (f"is compressed (zip method {record.compress_type}); torch.save stores "
+                "records uncompressed, and a compressed one can expand far beyond the file")
+    name = record.filename
+    if record.is_dir() or record.external_attr or record.flag_bits & ~0x808:
+        return (f"is flagged as a folder or has attributes (external {record.external_attr:#x}"
+                f", flags {record.flag_bits:#x})")
+    if not name.startswith(folder) or ".." in name.split("/"):
+        return f"is named outside the archive's folder {folder!r}"
+    if record.file_size != record.compress_size:
+        return f"claims {record.file_size} bytes stored in {record.compress_size}"
+    header = data[record.header_offset:record.header_offset + 30]
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        return "has no local header where its entry says"
+    (method,), (name_len, extra_len) = struct.unpack_from("<H", header, 8), \
+        struct.unpack_from("<HH", header, 26)
+    begins = record.header_offset + 30 + name_len + extra_len
+    if method != 0 or data[record.header_offset + 30:][:name_len] != name.encode() or \
+            begins + record.file_size > next_start:
+        return "does not match its local header, or overlaps the next record"
+    return ""
 
 
 def check_config(config: Any, where: str) -> dict:
@@ -325,6 +388,12 @@ def _check_weight_shapes(path: str, kwargs: dict, weights: Any, size: int) -> No
     if count != len(weights):  # before building even on the meta device: a long `hidden`
         raise ValueError(f"{path!r}: its weights do not fit the model its config describes "
                          f"({kwargs}): {len(weights)} tensors stored, {count} expected")
+    widths = {"x_dim": kwargs["x_dim"], "z_dim": kwargs["z_dim"],
+              **{f"hidden[{i}]": h for i, h in enumerate(kwargs["hidden"])}}
+    for key, width in widths.items():  # each width is at least that many numbers stored
+        if width > size:
+            raise ValueError(f"{path!r}: its config's {key} is {width}, but its {size} bytes "
+                             "cannot hold a model that wide: damaged or crafted, not loaded")
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in VAE(**kwargs).state_dict().items()}
     found = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
