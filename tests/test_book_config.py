@@ -79,3 +79,42 @@ def test_make_lab_starts_as_root_hides_the_build_files_and_passes_lab_args():
     assert {"conftest.py", "nbval_sanitize.cfg", "_ext"} <= set(globs)
     assert {"__pycache__", "*.pyc"} <= set(globs)  # Jupyter's own defaults are kept
     assert command.rstrip().endswith("--no-browser --port 8899")
+
+
+@pytest.mark.parametrize("source, label", [
+    ("# Colab, or any Python without vaetut: install it.\nimport os", vaetut_html.SETUP_LABEL),
+    ("# Check: the split and binary pixels\n# a changed split fails\nassert x",
+     "Check: the split and binary pixels"),
+    ("# Demonstration, not evidence: an untrained decoder is close to fair coins (a 3-nat range\n"
+     "# around 64 fair coins)\nassert y",
+     "Demonstration, not evidence: an untrained decoder is close to fair coins"),
+    ("x = 1\n# Check: not the first line", None),
+])
+def test_a_collapsed_cell_is_labelled_by_what_it_holds(source, label):
+    assert vaetut_html.cell_label(source) == label
+
+
+def code_cell(source, hide_mode="input"):
+    from docutils import nodes
+
+    cell = nodes.container(nb_element="cell_code", hide_mode=hide_mode,
+                           prompt_show="Show code cell {type}", prompt_hide="Hide code cell {type}")
+    cell += nodes.container("", nodes.literal_block(source, source), nb_element="cell_code_source")
+    return cell
+
+
+def test_check_cells_get_their_label_and_a_solution_moves_into_its_dropdown():
+    from docutils import nodes
+
+    section = nodes.section()
+    check = code_cell("# Check: the ELBO rose\nassert rose")
+    dropdown = nodes.container(design_component="dropdown")
+    dropdown += nodes.paragraph(text="The solution in words.")
+    solution = code_cell("# Solution to exercise 1\nprint(2)", hide_mode="all")
+    other = code_cell("print(3)")
+    section.extend([check, dropdown, solution, other])
+    vaetut_html.label_collapsed_cells(section)
+    assert check["prompt_show"] == check["prompt_hide"] == "Check: the ELBO rose"
+    assert solution.parent is dropdown and "hide_mode" not in solution  # one control: the dropdown
+    assert list(section.children) == [check, dropdown, other]
+    assert other["prompt_show"] == "Show code cell {type}"  # nothing to say: myst-nb's default

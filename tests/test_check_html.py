@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import check_html  # noqa: E402
 
-GOOD_PAGE = """<html><body><main>
+GOOD_PAGE = """<html><head><style>img { max-width: 100%; }</style></head><body><main>
 <p><span class="bibtex-citation"><a href="other.html#top">Someone, 2020</a></span></p>
 <figure id="fig-a"><img src="a.png" alt="a picture"><figcaption>A caption.</figcaption></figure>
 <p>See <a href="#fig-a">the figure</a> and <a href="other.html#top">the other page</a>.</p>
@@ -83,6 +83,7 @@ def test_check_links_finds_missing_pages_and_anchors(tmp_path):
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BROWSER is None and not os.environ.get("CI"),
                     reason="no Chromium here (CI installs it, so there this test runs)")
 def test_the_browser_check_passes_a_good_page_and_fails_a_broken_figure_path(tmp_path, capsys):
@@ -110,8 +111,61 @@ def test_pre_commit_keeps_notebook_outputs():
     assert "nbstripout" in config and "--keep-output" in config and "ruff" in config
 
 
-def measured(code=(), images=(), column=800):
-    return {"column": column, "window": 1280, "code": list(code), "images": list(images)}
+def measured(code=(), images=(), column=800, equations=(), window=1280, page=None, wide=()):
+    return {"column": column, "window": window, "code": list(code), "images": list(images),
+            "equations": list(equations), "page": page or window, "wide": list(wide)}
+
+
+def equation(content, visible=729, scrolls=True):
+    return {"label": "(4.1)", "tex": "x = y", "content": content, "visible": visible,
+            "scrolls": scrolls}
+
+
+def test_an_equation_must_fit_at_1280_and_may_scroll_in_its_box_on_a_phone():
+    assert check_html.check_layout(measured(equations=[equation(700)])) == []
+    wide = measured(equations=[equation(932)])
+    assert any("(4.1)" in p and "does not fit" in p for p in check_html.check_layout(wide))
+    on_phone = measured(equations=[equation(932, visible=340)], window=390)
+    assert check_html.check_layout(on_phone, phone=True) == []
+    cut = measured(equations=[equation(932, visible=340, scrolls=False)], window=390)
+    assert any("is cut at a 390-pixel window" in p
+               for p in check_html.check_layout(cut, phone=True))
+
+
+def test_a_page_wider_than_the_phone_fails_naming_what_is_wide():
+    wide = [{"element": "span.pre", "text": "'https://example.org/long'", "right": 536}]
+    problems = check_html.check_layout(measured(window=390, page=536, wide=wide), phone=True)
+    assert problems == ["the page is 536 px wide in a 390-pixel window: span.pre to 536 px "
+                        "(\"'https://example.org/long'\")"]
+    assert check_html.check_layout(measured(window=390, page=390), phone=True) == []
+
+
+def test_figure_text_is_measured_from_the_style_the_dpi_and_the_shown_width():
+    small, large = check_html.style_font_points()
+    assert (small, large) == (10, 12)  # vaetut.plots.BOOK_STYLE, read from its source
+    # 10 pt at 200 dpi is 27.8 px in the image; shown at 784 of 1800 px: 12.1 px
+    assert abs(check_html.shown_text_px(10, 200, 1800, 784) - 12.1) < 0.05
+    fits = {"src": "a.png", "naturalWidth": 1800, "shownWidth": 784, "dpi": 200, "figure": "f"}
+    assert check_html.check_layout(measured(images=[fits])) == []
+    too_wide = dict(fits, naturalWidth=2580)  # 12.9 inches: 10 pt shows 8.4 px
+    assert any("figure f: its 10-point text shows 8.4 px" in p
+               for p in check_html.check_layout(measured(images=[too_wide])))
+    blown_up = dict(fits, naturalWidth=980)  # 4.9 inches: 12 pt shows 26.7 px
+    assert any("figure f: its 12-point text shows 26.7 px" in p
+               for p in check_html.check_layout(measured(images=[blown_up])))
+
+
+def test_raw_latex_in_a_link_and_an_unlabelled_collapsed_cell_are_reported():
+    raw = '<a href="#s"><span class="std std-ref">How far from \\log p_\\theta(x)?</span></a>'
+    assert check_html.link_latex(f"<main>{raw}</main>") == [
+        "raw LaTeX in a link's text: 'How far from \\\\log p_\\\\theta(x)?'"]
+    rendered = '<a href="#s">How far from <mjx-container>log p</mjx-container>?</a>'
+    assert check_html.link_latex(f"<main>{rendered}</main>") == []
+    bar = '<p class="collapsed admonition-title">Show code cell source</p>'
+    assert any("does not say what it holds" in p
+               for p in check_html.check_dom("p", GOOD_PAGE.replace("</main>", bar + "</main>")))
+    named = '<p class="collapsed admonition-title">Check: the split</p>'
+    assert check_html.check_dom("p", GOOD_PAGE.replace("</main>", named + "</main>")) == []
 
 
 def test_check_layout_reports_scrolling_code_and_narrow_figures():
@@ -130,11 +184,13 @@ def test_check_layout_reports_scrolling_code_and_narrow_figures():
 
 def test_measurements_reads_what_the_page_script_left():
     page = (f'<html><body><main>x</main><script type="application/json" id="{check_html.MEASURE_ID}">'
-            '{"column": 800, "window": 1280, "code": [], "images": []}</script></body></html>')
+            '{"column": 800, "window": 1280, "code": [], "images": [], "equations": [], '
+            '"page": 1280, "wide": []}</script></body></html>')
     assert check_html.measurements(page) == measured()
     assert check_html.measurements(GOOD_PAGE) is None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BROWSER is None and not os.environ.get("CI"),
                     reason="no Chromium here (CI installs it, so there this test runs)")
 def test_the_browser_measures_code_width_and_image_pixels_at_1280_pixels(tmp_path, capsys):
@@ -149,6 +205,11 @@ def test_the_browser_measures_code_width_and_image_pixels_at_1280_pixels(tmp_pat
         page.replace("x = 1", long_line))  # 405 characters: scrolls in any column at 1280 px
     assert check_html.main(args) == 1
     assert "scrolls sideways at a 1280-pixel window" in capsys.readouterr().out
+    (html / "book" / "page.html").write_text(
+        page.replace("</main>", '<p style="white-space: nowrap">' + "word " * 100 + "</p></main>"))
+    assert check_html.main(args) == 1  # 500 words on one line: wider than any window
+    out = capsys.readouterr().out
+    assert "wide in a 390-pixel window" in out and "wide in a 1280-pixel window" in out, out
     (html / "book" / "a.png").write_bytes(PNG)  # 1 pixel wide
     (html / "book" / "page.html").write_text(page)
     assert check_html.main(args) == 1

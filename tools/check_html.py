@@ -5,14 +5,19 @@ every other host unresolvable, so the book must work offline), and fails if a pa
 missing, an asset does not load (the server logs every 404), an image is broken or has
 no alt text, a figure has no caption, math is left as raw TeX, a reference or citation is
 unresolved, an internal link points at a missing page or anchor, or the console shows an
-error. At a 1280-pixel-wide window (a laptop), it also fails if a code block scrolls sideways
-(its lines are wider than the column) or a figure image has fewer pixels across than the
-content column is wide (it would show narrower than the text, or enlarged and blurred).
-Saves a PNG of each page's first screen under _build/screenshots/.
+error, a link's text shows raw LaTeX, or a collapsed cell's bar does not say what it holds.
+It measures each page in the live layout at two widths. At a 1280-pixel window (a laptop) it
+fails if a code block scrolls sideways, a display equation does not fit its column, a figure
+image has fewer pixels across than the column, or a figure's text (at the sizes
+vaetut.plots.BOOK_STYLE sets, from the image's dpi and shown width) shows under 10 or over 20
+pixels high. At 390 pixels (a phone, measured in a frame of that width) it fails if a display
+equation is cut rather than scrolling in its own box; at both, if the page is wider than the
+window. Saves a PNG of each page's first screen under _build/screenshots/.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
 import http.server
 import json
@@ -34,6 +39,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   # every host but this one is unknown: a remote asset fails to load
                   "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]
 WINDOW = (1280, 900)  # a laptop's browser window, in CSS pixels
+PHONE = (390, 844)  # a phone's, held upright
 
 # Served into a page (at /page.html?measure): after the page has loaded and settled (MathJax,
 # fonts), measures in the live layout what the DOM alone cannot show, and leaves the result
@@ -58,16 +64,57 @@ window.addEventListener("load", () => setTimeout(() => {
   const images = [];
   main.querySelectorAll("div.cell_output img, figure img").forEach((img) => {
     images.push({src: img.getAttribute("src"), naturalWidth: img.naturalWidth,
-                 shownWidth: img.clientWidth});
+                 shownWidth: img.clientWidth,
+                 figure: (img.closest("figure") || {}).id || ""});
   });
-  const out = document.createElement("script");
+  const equations = [];
+  main.querySelectorAll("div.math").forEach((box) => {
+    const mjx = box.querySelector("mjx-container");
+    if (!mjx) return;  // reported as raw TeX
+    const boxRect = box.getBoundingClientRect(), mjxRect = mjx.getBoundingClientRect();
+    const overflow = getComputedStyle(mjx).overflowX;
+    let tex = "";
+    try { tex = MathJax.startup.document.getMathItemsWithin(box)[0].math; } catch (e) {}
+    equations.push({label: ((box.querySelector(".eqno") || {}).textContent || "").trim(),
+                    tex: tex.trim().slice(0, 70),
+                    content: (mjx.querySelector("mjx-math") || mjx).getBoundingClientRect().width,
+                    visible: Math.min(mjxRect.right, boxRect.right) -
+                             Math.max(mjxRect.left, boxRect.left),
+                    scrolls: (overflow === "auto" || overflow === "scroll") &&
+                             mjxRect.right <= boxRect.right + 1});
+  });
+  const wide = [];
+  const page = document.documentElement.scrollWidth;
+  if (page > window.innerWidth + 1) {
+    const past = (el) => el.getBoundingClientRect().right > window.innerWidth + 1;
+    document.querySelectorAll("body *").forEach((el) => {
+      if (wide.length >= 6 || !past(el) || [...el.children].some(past)) return;
+      for (let up = el.parentElement; up && up !== document.body; up = up.parentElement) {
+        if (getComputedStyle(up).overflowX !== "visible") return;  // scrolls in its own box
+      }
+      wide.push({element: el.tagName.toLowerCase() + "." + String(el.className).split(" ")[0],
+                 text: el.textContent.trim().slice(0, 60),
+                 right: Math.round(el.getBoundingClientRect().right)});
+    });
+  }
+  // in check-html's phone frame (a window cannot be made narrower than 500 px), the result
+  // goes into the frame's parent, whose DOM is the one dumped
+  const into = window.parent !== window ? window.parent.document : document;
+  const out = into.createElement("script");
   out.type = "application/json";
   out.id = "%s";
   out.textContent = JSON.stringify({column: column, window: window.innerWidth, code: code,
-                                    images: images});
-  document.body.appendChild(out);
+                                    images: images, equations: equations, page: page,
+                                    wide: wide});
+  into.body.appendChild(out);
 }, 2000));
 </script>""" % MEASURE_ID
+
+
+# A page at a phone's width: headless Chromium will not make a window narrower than 500 px, so
+# the page is measured in a frame of the phone's size (its media queries see that width).
+PHONE_FRAME = ('<html><body style="margin:0"><iframe src="{src}" style="border:0; '
+               'width:{width}px; height:{height}px"></iframe></body></html>')
 
 
 def toc_pages(toc_file: Path) -> list[str]:
@@ -103,18 +150,24 @@ class Server:
             def do_GET(self):
                 url = urlparse(self.path)
                 file = Path(self.translate_path(url.path))
+                if url.query == "phone" and file.suffix == ".html" and file.is_file():
+                    self.send_page(PHONE_FRAME.format(src=url.path + "?measure", width=PHONE[0],
+                                                      height=PHONE[1]).encode())
+                    return
                 if url.query == "measure" and file.suffix == ".html" and file.is_file():
                     page = file.read_text()
                     at = page.rfind("</body>")
                     at = at if at >= 0 else len(page)
-                    body = (page[:at] + MEASURE_SCRIPT + page[at:]).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/html; charset=utf-8")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
+                    self.send_page((page[:at] + MEASURE_SCRIPT + page[at:]).encode())
                     return
                 super().do_GET()
+
+            def send_page(self, body: bytes):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             def send_error(self, code, message=None, explain=None):
                 failed.append(f"{code} {self.path}")
@@ -173,6 +226,10 @@ def check_dom(page: str, html: str) -> list[str]:
     for marker in main.select(".xref.std-ref, .xref.cite"):  # unresolved refs stay bare
         if marker.parent.name != "a":
             problems.append(f"unresolved reference: {marker.get_text()!r}")
+    for bar in main.select("p.collapsed.admonition-title"):
+        if bar.get_text(strip=True).startswith("Show code cell"):
+            problems.append("a collapsed cell does not say what it holds: "
+                            f"{bar.get_text(strip=True)!r}")
     if re.search(r"\[\?\]|\?\?", text):
         problems.append("an unresolved citation or reference ('??' or '[?]') in the text")
     return problems
@@ -184,16 +241,27 @@ def measurements(html: str) -> dict | None:
     return json.loads(found.string) if found is not None and found.string else None
 
 
-def check_layout(measured: dict | None) -> list[str]:
-    """Code blocks that scroll sideways, and figure images narrower than the column."""
+def check_layout(measured: dict | None, phone: bool = False) -> list[str]:
+    """What the live layout shows wrong at one window width (see the checks below)."""
     if measured is None:
         return ["the layout was not measured (the page's scripts did not finish)"]
-    problems = []
-    for block in measured["code"]:
-        problems.append(f"code block scrolls sideways at a {measured['window']}-pixel window "
-                        f"({block['scrollWidth']} px of code in {block['clientWidth']} px; "
-                        f"widest line {block['chars']} characters: {block['line']!r})")
-    column = measured["column"]
+    problems = check_equations(measured, must_fit=not phone) + check_page_width(measured)
+    if not phone:  # at a phone's width code scrolls in its block, and figures shrink
+        problems += check_code(measured) + check_images(measured) + check_figure_text(measured)
+    return problems
+
+
+def check_code(measured: dict) -> list[str]:
+    """Code blocks that scroll sideways at a laptop's width."""
+    return [f"code block scrolls sideways at a {measured['window']}-pixel window "
+            f"({block['scrollWidth']} px of code in {block['clientWidth']} px; "
+            f"widest line {block['chars']} characters: {block['line']!r})"
+            for block in measured["code"]]
+
+
+def check_images(measured: dict) -> list[str]:
+    """Figure images with fewer pixels across than the column."""
+    problems, column = [], measured["column"]
     for image in measured["images"]:
         if image["naturalWidth"] == 0:
             continue  # not loaded: reported as a failed request or a broken image
@@ -203,6 +271,115 @@ def check_layout(measured: dict | None) -> list[str]:
                             "the text (and blurred where the browser enlarges it); draw it "
                             "wider or at a higher dpi (vaetut.plots.book_style())")
     return problems
+
+
+def check_equations(measured: dict, must_fit: bool) -> list[str]:
+    """Display equations cut off by their box; at a laptop's width, also any that does not fit
+    (it would need a sideways scroll to be read). At a phone's width one may scroll in its box."""
+    problems = []
+    for eq in measured.get("equations", []):
+        name = f"equation {eq['label'] or '(unnumbered)'} {eq['tex']!r}"
+        wider = eq["content"] > eq["visible"] + 1
+        if wider and not eq["scrolls"]:
+            problems.append(f"{name} is cut at a {measured['window']}-pixel window: "
+                            f"{eq['content']:.0f} px of math, {eq['visible']:.0f} px shown")
+        elif wider and must_fit:
+            problems.append(f"{name} does not fit the column at a {measured['window']}-pixel "
+                            f"window ({eq['content']:.0f} px in {eq['visible']:.0f} px; "
+                            "break it with aligned or split)")
+    return problems
+
+
+def check_page_width(measured: dict) -> list[str]:
+    """A page wider than the window: the reader has to scroll the whole page sideways."""
+    if measured.get("page", 0) <= measured["window"] + 1:
+        return []
+    culprits = "; ".join(f"{w['element']} to {w['right']} px ({w['text']!r})"
+                         for w in measured.get("wide", [])) or "not found"
+    return [f"the page is {measured['page']} px wide in a {measured['window']}-pixel window: "
+            f"{culprits}"]
+
+
+# The type sizes the book's figure style sets (vaetut.plots.BOOK_STYLE), in points: the
+# smallest (ticks, legends) and the largest (titles).
+FONT_KEYS_SMALL = ("xtick.labelsize", "ytick.labelsize", "legend.fontsize")
+FONT_KEYS_LARGE = ("axes.titlesize", "figure.titlesize")
+TEXT_PX = (10, 20)  # figure text on the page: at least this small, at most this large
+
+
+@functools.cache
+def style_font_points(plots: Path = Path(__file__).resolve().parents[1] / "vaetut" / "plots.py"
+                      ) -> tuple[float, float]:
+    """(smallest, largest) type size of BOOK_STYLE, read from the source: this check needs
+    neither torch nor a working vaetut."""
+    tree = ast.parse(plots.read_text())
+    BOOK_STYLE = next(ast.literal_eval(node.value) for node in ast.walk(tree)
+                      if isinstance(node, ast.Assign)
+                      and any(getattr(t, "id", "") == "BOOK_STYLE" for t in node.targets))
+    return (min(BOOK_STYLE[k] for k in FONT_KEYS_SMALL),
+            max(BOOK_STYLE[k] for k in FONT_KEYS_LARGE))
+
+
+def shown_text_px(points: float, dpi: float, natural: int, shown: float) -> float:
+    """How many CSS pixels high text of `points` shows in an image drawn at `dpi` with
+    `natural` pixels across, shown `shown` pixels wide."""
+    return points * dpi / 72 * shown / natural
+
+
+def check_figure_text(measured: dict) -> list[str]:
+    """Figures whose text, at the style's sizes, shows smaller than TEXT_PX[0] or larger than
+    TEXT_PX[1] on the page: too wide a figure shrinks its text, too narrow a one enlarges it."""
+    problems = []
+    small_pt, large_pt = style_font_points()
+    for image in measured["images"]:
+        if not image["naturalWidth"] or not image.get("dpi") or not image["shownWidth"]:
+            continue
+        args = (image["dpi"], image["naturalWidth"], image["shownWidth"])
+        small, large = shown_text_px(small_pt, *args), shown_text_px(large_pt, *args)
+        inches = image["naturalWidth"] / image["dpi"]
+        name = image.get("figure") or image["src"]
+        if small < TEXT_PX[0]:
+            problems.append(f"figure {name}: its {small_pt:g}-point text shows {small:.1f} px "
+                            f"high (under {TEXT_PX[0]} px): {inches:.1f} inches drawn into "
+                            f"{image['shownWidth']} px; draw it narrower")
+        elif large > TEXT_PX[1]:
+            problems.append(f"figure {name}: its {large_pt:g}-point text shows {large:.1f} px "
+                            f"high (over {TEXT_PX[1]} px): {inches:.1f} inches enlarged to "
+                            f"{image['shownWidth']} px; draw it wider")
+    return problems
+
+
+def image_dpi(page_file: Path, src: str) -> float | None:
+    """The dpi a PNG records (matplotlib writes the figure's), or None."""
+    from PIL import Image
+
+    path = (page_file.parent / unquote(urlparse(src).path)).resolve()
+    try:
+        with Image.open(path) as image:
+            dpi = image.info.get("dpi")
+    except OSError:
+        return None
+    return float(dpi[0]) if dpi else None
+
+
+def link_latex(html: str) -> list[str]:
+    """Links whose text shows raw LaTeX (a section title with math, referenced by name)."""
+    soup = BeautifulSoup(html, "html.parser")
+    problems = []
+    for a in soup.find_all("a"):
+        for hidden in a.find_all(["mjx-container", "code", "script"]):
+            hidden.decompose()
+        text = " ".join(a.get_text(" ").split())
+        if re.search(r"\\[A-Za-z]+|\$", text):
+            problems.append(f"raw LaTeX in a link's text: {text[:80]!r}")
+    return sorted(set(problems))
+
+
+def with_dpi(measured: dict | None, page_file: Path) -> dict | None:
+    """The measurements, each image with the dpi its file records."""
+    for image in (measured or {}).get("images", []):
+        image["dpi"] = image_dpi(page_file, image["src"])
+    return measured
 
 
 def check_links(html_root: Path, page_file: Path) -> list[str]:
@@ -233,8 +410,11 @@ def main(argv=None) -> int:
     parser.add_argument("--toc", default="_toc.yml", help="the book's table of contents")
     parser.add_argument("--html", default="_build/html")
     parser.add_argument("--screenshots", default="_build/screenshots")
+    parser.add_argument("--only", nargs="+", metavar="PAGE",
+                        help="check only these pages (e.g. book/answer)")
     args = parser.parse_args(argv)
     pages, html_root = toc_pages(Path(args.toc)), Path(args.html)
+    pages = [p for p in pages if not args.only or p in args.only]
     shots = Path(args.screenshots)
     shots.mkdir(parents=True, exist_ok=True)
     server = Server(html_root)
@@ -250,8 +430,10 @@ def main(argv=None) -> int:
             window = f"--window-size={WINDOW[0]},{WINDOW[1]}"
             dom = chromium(url + "?measure", "--virtual-time-budget=15000", window, "--dump-dom")
             problems += console_errors(dom.stderr)
-            problems += check_dom(page, dom.stdout)
-            problems += check_layout(measurements(dom.stdout))
+            problems += check_dom(page, dom.stdout) + link_latex(dom.stdout)
+            problems += check_layout(with_dpi(measurements(dom.stdout), page_file))
+            phone = chromium(url + "?phone", "--virtual-time-budget=15000", window, "--dump-dom")
+            problems += check_layout(measurements(phone.stdout), phone=True)
             problems += check_links(html_root, page_file)
             shot = shots / (page.replace("/", "_") + ".png")
             chromium(url, "--virtual-time-budget=15000", window, f"--screenshot={shot.resolve()}")

@@ -11,10 +11,21 @@
   (quick start, the answer, the appendices) are numbered 1, 2, ... Cross-references
   ({numref}, {eq}) read the same numbers, so they keep working.
 - vaetut.css (static/): a content column wide enough for the chapters' code (about 100
-  characters a line) at a laptop's width, and long output lines wrapped, not scrolled.
+  characters a line) at a laptop's width, long output lines wrapped, not scrolled, and a
+  display equation wider than the column scrolling in its own box.
+- A reference by name to a section whose title holds math ({ref}`sec-train-iwae`) shows the
+  title as Sphinx stores it, raw LaTeX ("How far is the ELBO from \\log p_\\theta(x)?");
+  here the link gets the title's own nodes, math included, which MathJax renders.
+- Collapsed cells say what they hold: a check cell ("# Check: the split and binary pixels")
+  is labelled "Check: the split and binary pixels", the install cell "Setup (installs vaetut
+  where it is missing)", and an exercise's collapsed solution code goes inside the "Solution"
+  dropdown just above it, so each solution has one control (the notebooks are unchanged).
 """
+import copy
 import re
 from pathlib import Path
+
+from docutils import nodes
 
 CHAPTER = re.compile(r"(?:^|/)(\d+)_[^/]*$")
 
@@ -57,6 +68,74 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree):
     context["script_files"] = unique
 
 
+SETUP_LABEL = "Setup (installs vaetut where it is missing)"
+# A check cell opens with "# Check: what it asserts"; a demonstration with "# Demonstration,
+# not evidence: why". That first comment line is the label; the lines after it explain.
+LABELLED = re.compile(r"^#\s*((?:Check:|Demonstration, not evidence:).*?)\s*$")
+
+
+def cell_label(source: str) -> str | None:
+    """What a collapsed code cell's bar says, from its source; None keeps myst-nb's default."""
+    first = source.strip().splitlines()[0] if source.strip() else ""
+    if first.startswith("# Colab, or any Python without vaetut"):
+        return SETUP_LABEL
+    match = LABELLED.match(first)
+    if not match:
+        return None
+    label = match.group(1)
+    if label.count("(") > label.count(")"):  # an aside that runs on to the next line
+        label = label[:label.rindex("(")].rstrip()
+    return label
+
+
+def _is_dropdown(node) -> bool:
+    return isinstance(node, nodes.container) and node.get("design_component") == "dropdown"
+
+
+def label_collapsed_cells(doctree) -> None:
+    """Name each collapsed code cell by what it holds; put a collapsed cell that follows a
+    dropdown (an exercise's "Solution") inside that dropdown."""
+    cells = [cell for cell in doctree.findall(nodes.container)
+             if cell.get("nb_element") == "cell_code" and cell.get("hide_mode")]
+    # what precedes each cell in the page as written (moving one must not move the next)
+    preceding = {id(cell): cell.parent[cell.parent.index(cell) - 1]
+                 if cell.parent.index(cell) > 0 else None for cell in cells}
+    for cell in cells:
+        parent, before = cell.parent, preceding[id(cell)]
+        if before is not None and _is_dropdown(before):
+            parent.remove(cell)
+            del cell["hide_mode"]
+            before.append(cell)
+            continue
+        sources = [n.astext() for n in cell.findall(nodes.literal_block)]
+        label = cell_label(sources[0]) if sources else None
+        if label:
+            cell["prompt_show"] = cell["prompt_hide"] = label
+
+
+def _label_collapsed_cells(app, doctree):
+    label_collapsed_cells(doctree)
+
+
+def math_titles_in_links(app, doctree, docname) -> None:
+    """Give a named reference to a section whose title holds math the title's own nodes."""
+    labels = app.env.domaindata["std"]["labels"]
+    with_math = {labelid: target for target, labelid, title in labels.values()
+                 if "\\" in (title or "")}
+    for ref in list(doctree.findall(nodes.reference)):
+        anchor = ref.get("refid") or ref.get("refuri", "").partition("#")[2]
+        shown = ref.children[0] if ref.children else None
+        if (anchor not in with_math or not isinstance(shown, nodes.inline)
+                or "\\" not in shown.astext()):
+            continue
+        section = next(iter(app.env.get_doctree(with_math[anchor]).findall(
+            lambda n, a=anchor: isinstance(n, nodes.section) and a in n["ids"])), None)
+        if section is None or not isinstance(section[0], nodes.title):
+            continue
+        shown.children = []
+        shown.extend(copy.deepcopy(child) for child in section[0].children)
+
+
 def _add_static(app):
     app.config.html_static_path.append(str(Path(__file__).parent / "static"))
 
@@ -65,5 +144,7 @@ def setup(app):
     app.connect("html-page-context", _dedupe_scripts, priority=900)
     app.connect("env-get-updated", _number_per_page, priority=900)
     app.connect("builder-inited", _add_static)
+    app.connect("doctree-read", _label_collapsed_cells)
+    app.connect("doctree-resolved", math_titles_in_links)
     app.add_css_file("vaetut.css")
     return {"parallel_read_safe": True, "parallel_write_safe": True}
