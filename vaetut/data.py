@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .files import file_kind, open_regular
+
 BINARIZE = (None, "fixed", "stochastic")
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -112,39 +114,6 @@ _CHUNK = 1 << 20
 _INT64_MAX = 2**63 - 1
 
 
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-def _open_regular(path: str, what: str):
-    """Open `path` for binary reading if it is a regular file; return (file, size).
-
-    Anything else is a ValueError before it is read: the path is checked with os.stat
-    before opening, opened with O_NONBLOCK (so a FIFO swapped in between cannot block),
-    and checked again with fstat on what was opened."""
-    st = os.stat(path)  # FileNotFoundError / PermissionError name the path themselves
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{path}: is {_kind(st.st_mode)}; {what} must be a regular file")
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    flags |= getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{path}: is {_kind(st.st_mode)}; {what} must be a regular file")
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb"), st.st_size
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def _read_into(f, buffer: np.ndarray) -> int:
     """Fill `buffer` from `f` in chunks; return how many bytes came (fewer at end of data)."""
     view, got = memoryview(buffer).cast("B"), 0
@@ -215,7 +184,7 @@ def read_idx(path: str | os.PathLike, max_bytes: int = IDX_MAX_BYTES) -> np.ndar
     the header says, trailing data) is a ValueError naming the file and what was expected.
     """
     path = os.fspath(path)
-    f, size = _open_regular(path, "an IDX file")
+    f, size = open_regular(path, "an IDX file")
     with f:
         if not path.endswith(".gz"):
             return _read_idx_stream(f, path, size, False, max_bytes)
@@ -271,7 +240,7 @@ def _new_hash(algorithm: str):
 
 
 def _file_digest(path: str, algorithm: str) -> str:
-    f, _ = _open_regular(path, "a downloaded MNIST file")
+    f, _ = open_regular(path, "a downloaded MNIST file")
     with f:
         h = _new_hash(algorithm)
         while chunk := f.read(_CHUNK):
@@ -295,7 +264,7 @@ def _already_there(dest: str, algorithm: str, digest: str) -> bool:
             raise ValueError(f"{dest}: is a symbolic link to nothing; the download does not "
                              "write through links: remove it") from None
     if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{dest}: is {_kind(st.st_mode)}; the download writes a regular file "
+        raise ValueError(f"{dest}: is {file_kind(st.st_mode)}; the download writes a regular file "
                          "there: remove it")
     if _file_digest(dest, algorithm) == digest.lower():
         return True
@@ -508,7 +477,7 @@ def mnist_subset_path() -> str:
 
 
 def _read_subset_csv(path: str, sha256: str | None) -> tuple[np.ndarray, np.ndarray]:
-    f, size = _open_regular(path, "the MNIST subset file")
+    f, size = open_regular(path, "the MNIST subset file")
     with f:
         if size > _SUBSET_MAX_GZ:
             raise ValueError(f"{path}: {size} bytes; the MNIST subset file is about 1.1 MB "

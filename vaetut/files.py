@@ -13,6 +13,37 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
+def file_kind(mode: int) -> str:
+    """What a file of mode `mode` (from os.stat) is, in words: 'a FIFO', 'a directory', ..."""
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: str, what: str) -> tuple[BinaryIO, int]:
+    """Open `path` for binary reading if it is a regular file (a link is followed); return
+    (file, size). Anything else is a ValueError naming `path` before it is read: the path
+    is checked with os.stat before opening, opened with O_NONBLOCK (so a FIFO swapped in
+    between cannot block), and checked again with fstat on what was opened."""
+    st = os.stat(path)  # FileNotFoundError / PermissionError name the path themselves
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path}: is {file_kind(st.st_mode)}; {what} must be a regular file")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC
+                 | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path}: is {file_kind(st.st_mode)}; {what} must be a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def temp_pattern(path: str) -> re.Pattern:
     """The exact names the writer gives the temporaries of `path`: .NAME.PID.HEX8.tmp, with
     the pid in ASCII digits (as the writer makes it; `\\d` would also match other scripts')."""

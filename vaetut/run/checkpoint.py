@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 import filelock
 import torch
 
-from ..files import atomic_write, refuse_folder
+from ..files import atomic_write, file_kind, open_regular, refuse_folder
 from ..model import VAE, check_architecture, check_min_log_var
 
 FORMAT_VERSION = 1
@@ -71,7 +71,7 @@ def _describe_holder(fd: int) -> None:
     descriptor: a hard link planted at the lock's name would have its target truncated."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-        raise _NotALockFile(_file_kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else
+        raise _NotALockFile(file_kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else
                             f"a file with {st.st_nlink} names (a hard link)")
     text = (f"pid {os.getpid()} on {socket.gethostname()}: "
             + " ".join(sys.argv)[:300] + "\n").encode("utf-8", "replace")
@@ -104,7 +104,7 @@ def acquire_checkpoint_lock(path: str | os.PathLike) -> filelock.FileLock:
         if os.path.lexists(lock.lock_file):  # a FIFO or a device fails in flock, before the hook
             mode = os.lstat(lock.lock_file).st_mode
             if not stat.S_ISREG(mode):
-                raise _NotALockFile(_file_kind(mode))
+                raise _NotALockFile(file_kind(mode))
         lock.acquire()
     except _NotALockFile as err:
         raise ValueError(f"{lock.lock_file!r}, the lock file of checkpoint {os.fspath(path)!r}, "
@@ -158,7 +158,7 @@ def check_checkpoint_path(path: str | os.PathLike, name: str = "checkpoint") -> 
             raise ValueError(f"{name} {path!r} is a folder, not a file: move it away or "
                              "choose another path")
         if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{name} {path!r} is {_file_kind(st.st_mode)}, not a regular "
+            raise ValueError(f"{name} {path!r} is {file_kind(st.st_mode)}, not a regular "
                              "file; name a file (it is created if missing)")
     folder = os.path.dirname(os.path.abspath(path))
     try:
@@ -168,15 +168,6 @@ def check_checkpoint_path(path: str | os.PathLike, name: str = "checkpoint") -> 
     except OSError as err:
         raise ValueError(f"{name} {path!r}: no file can be created in {folder!r} "
                          f"({err.strerror or err})") from err
-
-
-def _file_kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link")):
-        if test(mode):
-            return kind
-    return "not a regular file"
 
 
 def save_checkpoint(path: str | os.PathLike, model: VAE, **state: Any) -> None:
@@ -238,31 +229,17 @@ def _read_file(path: str) -> bytes:
     after its last bytes were found to end a zip archive (`_check_zip_end`), with a
     ValueError or an OSError that says what is wrong with it."""
     try:
-        st = os.stat(path)
+        f, size = open_regular(path, "a checkpoint")
+        with f:
+            if size == 0:
+                raise ValueError(f"{path!r} is empty (0 bytes): not a checkpoint")
+            _check_zip_end(path, f, size)
+            f.seek(0)
+            return f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"no checkpoint at {os.path.abspath(path)!r}") from None
     except OSError as err:
-        raise type(err)(err.errno, f"cannot reach the checkpoint ({err.strerror})", path) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{path!r} is {_file_kind(st.st_mode)}, not a checkpoint file")
-    if st.st_size == 0:
-        raise ValueError(f"{path!r} is empty (0 bytes): not a checkpoint")
-    try:  # O_NONBLOCK: a FIFO swapped in after the stat does not block the open
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as err:
         raise type(err)(err.errno, f"cannot read the checkpoint ({err.strerror})", path) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{path!r} is not a regular file: not a checkpoint file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            _check_zip_end(path, f, st.st_size)
-            f.seek(0)
-            return f.read()
-    except OSError as err:
-        raise type(err)(err.errno, f"cannot read the checkpoint ({err.strerror})", path) from None
-    finally:
-        os.close(fd)
 
 
 _END, _END64, _LOCATOR = b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07"
