@@ -116,5 +116,5 @@ def test_corrupt_or_foreign_checkpoints_are_named(tmp_path, kind, says):
 
 
 def test_a_folder_is_not_a_checkpoint(tmp_path):
-    with pytest.raises(ValueError, match="is a folder"):
+    with pytest.raises(ValueError, match="is a directory; a checkpoint must be a regular file"):
         vaetut.load_checkpoint(tmp_path)
