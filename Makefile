@@ -40,7 +40,8 @@ $(STAMP): requirements.lock pyproject.toml
 numerics:
 	@env | grep -E '^($(subst $(eval) ,|,$(strip $(PINNED))))=' | sort
 
-## The main job: execute every chapter and build the HTML book into _build/html.
+## Build the HTML book into _build/html from the notebooks' stored outputs, the ones
+## `make test` validates: no chapter is executed here (`make notebooks` re-makes them).
 book: $(STAMP)
 	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "open _build/html/index.html"
@@ -84,7 +85,8 @@ notebooks: $(STAMP)
 spread: $(STAMP)
 	$(BIN)/python validation/measure_spread.py $(NOTEBOOKS)
 
-## Jupyter Lab in the project's environment (installs the pinned jupyterlab once).
+## Jupyter Lab in the project's environment (installs the pinned jupyterlab and the exact
+## versions of its dependencies, requirements-lab.lock, once).
 ## Options for jupyter lab through LAB_ARGS, e.g. `make lab LAB_ARGS="--no-browser --port 8890"`.
 ## As root (containers, cloud VMs) --allow-root is added. The files in book/ that only the build
 ## and the tests read are hidden from Lab's file browser (LAB_HIDE, beside Jupyter's defaults).
@@ -92,7 +94,8 @@ LAB_ARGS ?=
 LAB_HIDE := __pycache__ *.pyc *.pyo .DS_Store *.so *.dylib *~ conftest.py nbval_sanitize.cfg _ext
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: $(STAMP)
-	$(BIN)/python -m pip install -q -c requirements.lock jupyterlab==4.6.6 $(PIP_QUIET)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock \
+		-r requirements-lab.lock $(PIP_QUIET)
 	$(BIN)/jupyter lab book $(LAB_ROOT) \
 		--ContentsManager.hide_globs="[$(subst $(eval) ,$(comma),$(foreach g,$(LAB_HIDE),'$(g)'))]" \
 		$(LAB_ARGS)

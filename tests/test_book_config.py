@@ -118,3 +118,20 @@ def test_check_cells_get_their_label_and_a_solution_moves_into_its_dropdown():
     assert solution.parent is dropdown and "hide_mode" not in solution  # one control: the dropdown
     assert list(section.children) == [check, dropdown, other]
     assert other["prompt_show"] == "Show code cell {type}"  # nothing to say: myst-nb's default
+
+
+@pytest.mark.skipif(MAKE is None, reason="no make")
+def test_make_lab_installs_exact_versions_only():
+    out = subprocess.run([MAKE, "--no-print-directory", "-n", "lab"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    install = out.replace("\\\n", " ")  # make -n prints a recipe's continued lines as written
+    install = next(line for line in install.splitlines() if "pip install" in line)
+    assert "-c requirements.lock" in install and "-r requirements-lab.lock" in install
+    assert "jupyterlab" not in install.replace("requirements-lab.lock", "")  # no bare name
+    lab = [line for line in (ROOT / "requirements-lab.lock").read_text().splitlines()
+           if line and not line.startswith("#")]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[\w.]+", line) for line in lab), lab
+    assert "jupyterlab==4.6.6" in lab
+    locked = {line.split("==")[0].lower().replace("_", "-")
+              for line in (ROOT / "requirements.lock").read_text().splitlines() if "==" in line}
+    assert not locked & {line.split("==")[0].lower().replace("_", "-") for line in lab}
