@@ -3,11 +3,13 @@ from memory, on 127.0.0.1 at an ephemeral port, and records the paths asked for.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import http.server
 import struct
 import threading
+import time
 
 import numpy as np
 
@@ -35,6 +37,22 @@ def sha256_table(files: dict[str, bytes]) -> dict[str, str]:
     return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
 
 
+@dataclasses.dataclass
+class Redirect:
+    """Served as a 302 to `location`."""
+    location: str
+
+
+@dataclasses.dataclass
+class Drip:
+    """Served one byte every `every` seconds (announcing its full length)."""
+    data: bytes
+    every: float
+
+    def __len__(self):
+        return len(self.data)
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's name)
         self.server.requests.append(self.path)
@@ -43,12 +61,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         body, announced = entry
+        if isinstance(body, Redirect):
+            self.send_response(302)
+            self.send_header("Location", body.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(body) if announced is None else announced))
         self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)  # fewer bytes than announced: a truncated transfer
+        if isinstance(body, Drip):  # one byte every `every` seconds
+            with contextlib.suppress(ConnectionError):  # the client may give up first
+                for i in range(len(body.data)):
+                    self.wfile.write(body.data[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(body.every)
+        else:
+            self.wfile.write(body)  # fewer bytes than announced: a truncated transfer
         self.close_connection = True
 
     def log_message(self, *args):

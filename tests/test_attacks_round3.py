@@ -205,3 +205,66 @@ def test_14_map_location_cpu_1_is_named(tmp_path):
     vaetut.save_checkpoint(path, vaetut.VAE(10, 3))
     with pytest.raises(ValueError, match=r"map_location='cpu:1': there is one CPU device"):
         vaetut.load_checkpoint(path, map_location="cpu:1")
+
+
+# ----- 4 and 13. the download: one deadline, every mirror, arguments named ----------------
+@pytest.fixture
+def no_proxy(monkeypatch):
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+def test_4_the_timeout_bounds_a_dripping_download_as_a_whole(tmp_path, no_proxy):
+    import time
+
+    from mnist_server import Drip, serve, sha256_table
+    files = {"a.gz": b"x" * 40}
+    with serve({"a.gz": Drip(files["a.gz"], 0.1)}) as (url, _):
+        start = time.monotonic()
+        with pytest.raises(vaetut.data.DownloadError, match=r"a\.gz.*within timeout=1"):
+            vaetut.data.download_mnist(tmp_path, mirrors=[url], checksums=sha256_table(files),
+                                       timeout=1)
+        assert time.monotonic() - start < 2.5  # a byte every 0.1 s: 4 s if each read were timed
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_13_a_redirect_to_a_malformed_url_tries_the_next_mirror(tmp_path, no_proxy):
+    from mnist_server import Redirect, serve, sha256_table
+    files = {"a.gz": b"the file"}
+    with serve({"a.gz": Redirect("http://[::1")}, prefix="/bad/") as (bad, _), \
+            serve(files) as (good, _):
+        paths = vaetut.data.download_mnist(tmp_path, mirrors=[bad, good],
+                                           checksums=sha256_table(files), timeout=5)
+    assert open(paths["a.gz"], "rb").read() == b"the file"
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"timeout": float("inf")}, "timeout must be a positive, finite number"),
+    ({"timeout": True}, "timeout must be"),
+    ({"max_bytes": "1000"}, "max_bytes must be a positive int"),
+    ({"max_bytes": 0}, "max_bytes must be a positive int"),
+])
+def test_13_download_arguments_are_named(tmp_path, kwargs, says):
+    with pytest.raises(ValueError, match=says):
+        vaetut.data.download_mnist(tmp_path, checksums={"a.gz": "0" * 32}, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_14_a_killed_downloads_temporary_is_swept_and_only_ascii_pids_count(tmp_path, no_proxy):
+    from mnist_server import serve, sha256_table
+    dead = 2**22 + 12345  # above the usual pid_max: not a live process
+    stale = tmp_path / f".a.gz.{dead}.0a1b2c3d.tmp"
+    stale.write_bytes(b"half a download")
+    arabic_pid = str(dead).translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
+    arabic = [tmp_path / f".{name}.{arabic_pid}.0a1b2c3d.tmp" for name in ("a.gz", "ck.pt")]
+    for path in arabic:
+        path.write_bytes(b"not a name the writer makes: the writer's pids are ASCII")
+    files = {"a.gz": b"the file"}
+    with serve(files) as (url, _):
+        vaetut.data.download_mnist(tmp_path, mirrors=[url], checksums=sha256_table(files),
+                                   timeout=5)
+    vaetut.save_checkpoint(tmp_path / "ck.pt", vaetut.VAE(10, 3))
+    assert not stale.exists() and all(path.exists() for path in arabic)

@@ -18,7 +18,7 @@ import math
 import os
 import stat
 import struct
-import tempfile
+import time
 import urllib.parse
 import urllib.request
 import zlib
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .files import file_kind, open_regular
+from .files import atomic_write, file_kind, open_regular
 
 BINARIZE = (None, "fixed", "stochastic")
 MNIST_FILES = {
@@ -275,44 +275,63 @@ def _already_there(dest: str, algorithm: str, digest: str) -> bool:
     return False
 
 
-def _fetch(url: str, root: str, name: str, algorithm: str, digest: str, timeout: float,
+class _MirrorFailed(Exception):
+    """What a mirror sent instead of the file (not an OSError: atomic_write would call it a
+    failure to write)."""
+
+
+def _fetch(url: str, dest: str, algorithm: str, digest: str, timeout: float,
            max_bytes: int) -> None:
-    """Download `url` into a temporary file in `root`, verify its size and checksum, then
-    rename it over root/name. Raises OSError or http.client.HTTPException on failure."""
+    """Download `url` to `dest` within `timeout` seconds in all (connecting, then every read
+    against one deadline), through `atomic_write`: renamed into place only once its size
+    and checksum are right. Raises _MirrorFailed, or OSError if `dest` cannot be written."""
+    deadline = time.monotonic() + timeout
     request = urllib.request.Request(url, headers={"User-Agent": "vaetut"})
-    tmp = None
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            length = int(length) if length is not None and length.strip().isdigit() else None
-            if length is not None and length > max_bytes:
-                raise OSError(f"it announces {length} bytes, more than max_bytes={max_bytes}")
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=root)
-            if hasattr(os, "fchmod"):
-                os.fchmod(fd, 0o644)  # mkstemp's 0600 would make the data private
-            h, n = _new_hash(algorithm), 0
-            with os.fdopen(fd, "wb") as out:
-                while chunk := response.read(1 << 16):
-                    n += len(chunk)
-                    if n > max_bytes:
-                        raise OSError(f"it sent more than max_bytes={max_bytes} bytes")
-                    h.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-        if length is not None and n != length:
-            raise OSError(f"truncated: {n} of the {length} bytes it announced")
-        if h.hexdigest() != digest.lower():
-            raise OSError(f"wrong checksum: {n} bytes with {algorithm} {h.hexdigest()}, "
-                          f"expected {digest.lower()} (truncated or not the standard file)")
-        os.replace(tmp, os.path.join(root, name))  # replaces a file or link, never writes through
-        tmp = None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except (OSError, http.client.HTTPException, ValueError) as err:  # ValueError: a bad URL
+        raise _MirrorFailed(err) from err
+    with response:
+        length = response.headers.get("Content-Length")
+        length = int(length) if length is not None and length.strip().isdigit() else None
+        if length is not None and length > max_bytes:
+            raise _MirrorFailed(f"it announces {length} bytes, more than max_bytes={max_bytes}")
+        atomic_write(dest, lambda out: _copy_checked(response, out, algorithm, digest, length,
+                                                     max_bytes, (deadline, timeout)))
+
+
+def _copy_checked(response, out, algorithm: str, digest: str, length: int | None,
+                  max_bytes: int, deadline: tuple[float, float]) -> None:
+    """Copy the body of `response` to `out`; _MirrorFailed if it is cut short, too long,
+    late (`deadline`: the time.monotonic() it must end by, and the timeout it came from) or
+    of another checksum."""
+    h, n = _new_hash(algorithm), 0
+    sock = getattr(getattr(response.fp, "raw", None), "_sock", None)
+    while True:
+        left = deadline[0] - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            if sock is not None:
+                sock.settimeout(left)  # each read waits only for what is left of the deadline
+            chunk = response.read1(1 << 16)  # what has come, without waiting for 64 KiB
+        except TimeoutError:
+            raise _MirrorFailed(f"not complete within timeout={deadline[1]} s ({n} bytes "
+                                "came)") from None
+        except (OSError, http.client.HTTPException) as err:
+            raise _MirrorFailed(f"{type(err).__name__}: {err}") from err
+        if not chunk:
+            break
+        n += len(chunk)
+        if n > max_bytes:
+            raise _MirrorFailed(f"it sent more than max_bytes={max_bytes} bytes")
+        h.update(chunk)
+        out.write(chunk)
+    if length is not None and n != length:
+        raise _MirrorFailed(f"truncated: {n} of the {length} bytes it announced")
+    if h.hexdigest() != digest.lower():
+        raise _MirrorFailed(f"wrong checksum: {n} bytes with {algorithm} {h.hexdigest()}, "
+                            f"expected {digest.lower()} (truncated or not the standard file)")
 
 
 def _mirror_list(mirrors) -> tuple[str, ...]:
@@ -334,13 +353,15 @@ def download_mnist(root: str | os.PathLike, mirrors: Sequence[str] | str = MNIST
     return {name: path}.
 
     A file already in `root` with the right checksum is kept; one with another checksum
-    is downloaded again and replaced. Each mirror is tried in turn: the body goes to a
-    temporary file in `root`, its length is checked against Content-Length and
-    `max_bytes`, its checksum (MD5 or SHA-256, by the digest's length) against
-    `checksums`, and only then is it renamed into place (os.replace: atomic, and a link at
-    the destination is never written through). If no mirror gives the right file, a
-    DownloadError says what each mirror gave. `mirrors` and `checksums` can point
-    elsewhere (a local server, another data set in IDX files)."""
+    is downloaded again and replaced. Each mirror is tried in turn (also after a redirect
+    to a malformed URL): the body goes to a temporary file in `root` (vaetut.files.
+    atomic_write, which also removes those of downloads that were killed), its length is
+    checked against Content-Length and `max_bytes`, its checksum (MD5 or SHA-256, by the
+    digest's length) against `checksums`, and only then is it renamed into place (a link
+    at the destination is never written through). `timeout` bounds each file from each
+    mirror as a whole, not each read, so a mirror that drips bytes is left in time. If no
+    mirror gives the right file, a DownloadError says what each mirror gave. `mirrors` and
+    `checksums` can point elsewhere (a local server, another data set in IDX files)."""
     root = os.fspath(root)
     mirrors = _mirror_list(mirrors)
     if not isinstance(checksums, Mapping) or not checksums:
@@ -353,8 +374,12 @@ def download_mnist(root: str | os.PathLike, mirrors: Sequence[str] | str = MNIST
             raise ValueError(f"checksums: {name!r} must be a plain file name (no folder, not "
                              "hidden)")
         plan[name] = (_hash_algorithm(name, digest), digest)
-    if not (isinstance(timeout, (int, float)) and timeout > 0):
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not 0 < timeout < math.inf:
+        raise ValueError(f"timeout must be a positive, finite number of seconds (the time "
+                         f"allowed for each file from each mirror), got {timeout!r}")
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be a positive int (bytes), got {max_bytes!r}")
     if os.path.exists(root) and not os.path.isdir(root):
         raise ValueError(f"root {os.path.abspath(root)!r} is not a folder; name a folder to "
                          "download MNIST into (it is made if missing)")
@@ -369,9 +394,9 @@ def download_mnist(root: str | os.PathLike, mirrors: Sequence[str] | str = MNIST
         for mirror in mirrors:
             url = mirror + urllib.parse.quote(name)
             try:
-                _fetch(url, root, name, algorithm, digest, timeout, max_bytes)
+                _fetch(url, dest, algorithm, digest, timeout, max_bytes)
                 break
-            except (OSError, http.client.HTTPException) as err:
+            except (OSError, _MirrorFailed) as err:
                 failures.append(f"{url}: {err}")
         else:
             raise DownloadError(f"could not download {name} into {os.path.abspath(root)!r}: "
