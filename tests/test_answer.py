@@ -13,7 +13,8 @@ from vaetut.exact import DTYPE, LinearGaussian
 
 def noise(model, n_samples, batch_size, generator):
     """draw_eps in the model's dtype."""
-    return draw_eps(n_samples, batch_size, model.z_dim, generator, next(model.parameters()).dtype)
+    return draw_eps((n_samples, batch_size, model.z_dim), generator,
+                    next(model.parameters()).dtype)
 
 
 @pytest.fixture(scope="module")

@@ -130,11 +130,11 @@ def test_optimize_q_never_lowers_an_examples_elbo(trained_vae):
     with torch.no_grad():
         q_mean, q_log_var = model.encoder(x)
     torch.testing.assert_close(result.elbo_start, bounds.elbo_of_q(
-        model, x, q_mean, q_log_var, draw_eps(64, 30, 4, gen(1))).elbo)
+        model, x, q_mean, q_log_var, draw_eps((64, 30, 4), gen(1))).elbo)
     assert (result.elbo >= result.elbo_start - 1e-4).all()  # on the noise bank it used
     assert (result.elbo - result.elbo_start).mean() > 0.1
     # on a fresh bank of 4000 draws the gain holds on average (it is not the bank's noise)
-    eps = draw_eps(4000, 30, 4, gen(2))
+    eps = draw_eps((4000, 30, 4), gen(2))
     with torch.no_grad():
         fresh_opt = bounds.elbo_of_q(model, x, result.q_mean, result.q_log_var, eps).elbo
         fresh_enc = bounds.elbo_of_q(model, x, q_mean, q_log_var, eps).elbo

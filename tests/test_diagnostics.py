@@ -8,7 +8,7 @@ from torch import distributions as D
 
 import vaetut
 from vaetut import diagnostics as dg
-from vaetut import distributions
+from vaetut import distributions as dist
 from vaetut import objective as O
 
 
@@ -95,15 +95,15 @@ def test_continuous_bernoulli_matches_torch_distributions():
                         torch.tensor([1e-5, -3e-3, 0.0199, 0.0201], dtype=torch.float64)])
     x = torch.rand(len(logits), dtype=torch.float64, generator=gen(4))
     ref = D.ContinuousBernoulli(logits=logits)
-    torch.testing.assert_close(distributions.continuous_bernoulli_log_prob(logits, x), ref.log_prob(x),
+    torch.testing.assert_close(dist.continuous_bernoulli_log_prob(logits, x), ref.log_prob(x),
                                rtol=0, atol=1e-6)
-    torch.testing.assert_close(distributions.continuous_bernoulli_mean(logits), ref.mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(dist.continuous_bernoulli_mean(logits), ref.mean, rtol=0, atol=1e-6)
     grid = torch.linspace(0, 1, 4001, dtype=torch.float64)
-    density = distributions.continuous_bernoulli_log_prob(logits[:, None].expand(-1, len(grid)),
+    density = dist.continuous_bernoulli_log_prob(logits[:, None].expand(-1, len(grid)),
                                                grid.expand(len(logits), -1)).exp()
     torch.testing.assert_close(torch.trapezoid(density, grid), torch.ones(len(logits),
                                dtype=torch.float64), rtol=0, atol=1e-6)  # a density
-    bernoulli = (density / distributions.continuous_bernoulli_log_norm(logits)[:, None].exp())
+    bernoulli = (density / dist.continuous_bernoulli_log_norm(logits)[:, None].exp())
     assert (torch.trapezoid(bernoulli, grid) < 1 - 1e-3).sum() > 150  # the Bernoulli is not
 
 
@@ -128,8 +128,8 @@ def test_gaussian_variance_floor_is_off_by_default_and_bounds_the_log_variance()
     lv = model.decoder.pixel_log_var()
     assert (lv >= -4.0).all() and abs(lv[-1].item() - 2.0) < 0.01  # floored low, unchanged high
     ref = D.Normal(model.decoder(z), (0.5 * lv).exp()).log_prob(x).sum(-1)
-    torch.testing.assert_close(vaetut.distributions.log_px_given_z(model, x, z), ref)
-    g = torch.autograd.grad(vaetut.distributions.log_px_given_z(model, x, z).sum(), model.decoder.log_var)[0]
+    torch.testing.assert_close(dist.log_px_given_z(model, x, z), ref)
+    g = torch.autograd.grad(dist.log_px_given_z(model, x, z).sum(), model.decoder.log_var)[0]
     assert (g != 0).all()  # softplus keeps a gradient below the floor
 
 

@@ -172,7 +172,7 @@ def optimize_q(model: VAE | LinearGaussian, x: torch.Tensor, steps: int = 300,
                 init = model.encoder(x)
     m = init[0].detach().to(dtype).clone().requires_grad_(True)
     v = init[1].detach().to(dtype).clone().requires_grad_(True)
-    eps = draw_eps(n_samples, len(x), model.z_dim, generator, dtype).to(x.device)
+    eps = draw_eps((n_samples, len(x), model.z_dim), generator, dtype).to(x.device)
     with torch.no_grad():
         elbo_start = elbo_of_q(model, x, m, v, eps).elbo
     optimizer = torch.optim.Adam([m, v], lr=lr)

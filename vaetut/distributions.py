@@ -15,13 +15,13 @@ import torch.nn.functional as F
 LOG_2PI = math.log(2 * math.pi)
 
 
-def draw_eps(n_samples: int, batch_size: int, z_dim: int,
-             generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+def draw_eps(shape: tuple[int, ...], generator: torch.Generator | None = None,
+             dtype: torch.dtype = torch.float32,
              device: torch.device | str | None = None) -> torch.Tensor:
-    """Standard normal noise eps ~ N(0, I), shape (n_samples, batch_size, z_dim): the only
-    randomness of a reparameterized draw. Drawn from `generator` (the global one if None)."""
-    return torch.randn((n_samples, batch_size, z_dim), dtype=dtype, device=device,
-                       generator=generator)
+    """Standard normal noise eps ~ N(0, I) of the given shape, usually (n_samples, B, z_dim):
+    the only randomness of a reparameterized draw. Drawn from `generator` (the global one
+    if None)."""
+    return torch.randn(shape, dtype=dtype, device=device, generator=generator)
 
 
 def reparameterize(q_mean: torch.Tensor, q_log_var: torch.Tensor, n_samples: int = 1,
@@ -30,12 +30,12 @@ def reparameterize(q_mean: torch.Tensor, q_log_var: torch.Tensor, n_samples: int
     """z = q_mean + sigma * eps with eps ~ N(0, I) and sigma = exp(q_log_var / 2).
 
     The randomness sits in eps alone, so z is a differentiable function of the encoder's
-    outputs (the reparameterization trick). q_mean and q_log_var are (B, z_dim); eps, when
-    given instead of drawn (from `draw_eps`), is (n_samples, B, z_dim). Returns z,
-    (n_samples, B, z_dim).
+    outputs (the reparameterization trick). q_mean and q_log_var are (B, z_dim) (or any
+    shape (..., z_dim)); eps, when given instead of drawn (by `draw_eps`), is
+    (n_samples, B, z_dim). Returns z, (n_samples, B, z_dim).
     """
     if eps is None:
-        eps = draw_eps(n_samples, *q_mean.shape, generator, q_mean.dtype, q_mean.device)
+        eps = draw_eps((n_samples, *q_mean.shape), generator, q_mean.dtype, q_mean.device)
     elif eps.shape != (n_samples, *q_mean.shape):
         raise ValueError(f"eps must have shape {(n_samples, *q_mean.shape)}, "
                          f"got {tuple(eps.shape)}")

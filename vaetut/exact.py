@@ -251,7 +251,7 @@ class LinearGaussian:
             mean = (b, 0),   cov = [[W W^T + noise_var I_D,  W  ],
                                     [W^T,                     I_K]]
         """
-        d, k = self.x_dim, self.z_dim
+        k = self.z_dim
         mean = torch.cat([self.b, torch.zeros(k, dtype=DTYPE)])
         cov = torch.cat([torch.cat([self.marginal_cov(), self.W], 1),
                          torch.cat([self.W.T, torch.eye(k, dtype=DTYPE)], 1)], 0)

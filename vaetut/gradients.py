@@ -363,7 +363,7 @@ def mc_kl_encoder_gradients(model: VAE, x: torch.Tensor, n_repeats: int,
 
     rows: dict[str, list[torch.Tensor]] = {"full": [], "stl": [], "score": []}
     for _ in range(n_repeats):
-        eps = draw_eps(n_samples, len(x), model.z_dim, generator, weight.dtype, weight.device)
+        eps = draw_eps((n_samples, len(x), model.z_dim), generator, weight.dtype, weight.device)
         rows["full"].append(flat(elbo_mc_kl(model, x, n_samples, eps=eps).elbo.mean()))
         rows["stl"].append(flat(elbo_mc_kl(model, x, n_samples, eps=eps,
                                            stick_the_landing=True).elbo.mean()))

@@ -262,7 +262,8 @@ def draw_climb(ax: plt.Axes | None, model: LinearGaussian, x: torch.Tensor, clim
         for i in range(1, len(climb.s)):
             ax.annotate("", xy=(climb.s[i], climb.elbo[i]),
                         xytext=(climb.s[i - 1], climb.elbo[i - 1]),
-                        arrowprops=dict(arrowstyle="->", color="tab:red", lw=1, shrinkA=0, shrinkB=0))
+                        arrowprops=dict(arrowstyle="->", color="tab:red", lw=1, shrinkA=0,
+                                        shrinkB=0))
     else:  # many small steps: the path, with a dot every 10 steps
         ax.plot(climb.s, climb.elbo, "-", color="tab:red", lw=1.2, label="path of the climb")
         ax.plot(climb.s[::10], climb.elbo[::10], "o", ms=3, color="tab:red", zorder=3)
