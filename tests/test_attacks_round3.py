@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -268,3 +269,41 @@ def test_14_a_killed_downloads_temporary_is_swept_and_only_ascii_pids_count(tmp_
                                    timeout=5)
     vaetut.save_checkpoint(tmp_path / "ck.pt", vaetut.VAE(10, 3))
     assert not stale.exists() and all(path.exists() for path in arabic)
+
+
+# ----- 8, 13 and 14. data files that are not what MNIST's are -----------------------------
+def _mnist_folder(root, **changes):
+    from mnist_server import small_mnist
+    _, arrays = small_mnist()
+    arrays.update(changes)
+    root.mkdir(exist_ok=True)
+    from mnist_server import idx_gz
+    for stem, array in arrays.items():
+        (root / f"{stem}.gz").write_bytes(idx_gz(array))
+    return root
+
+
+@pytest.mark.parametrize("stem, array, says", [
+    ("train-labels-idx1-ubyte", [0, 1, 2, 10, 4, 5], r"labels are digits 0\.\.9.*0\.\.10"),
+    ("t10k-labels-idx1-ubyte", [255, 1, 2, 3], r"labels are digits 0\.\.9.*1\.\.255"),
+    ("train-images-idx3-ubyte", np.zeros((6, 0, 0)), "images are 0x0 pixels"),
+    ("t10k-images-idx3-ubyte", np.zeros((4, 28, 0)), "images are 28x0 pixels"),
+])
+def test_8_13_mnist_files_of_no_digit_or_no_pixel_are_named(tmp_path, stem, array, says):
+    root = _mnist_folder(tmp_path / "m", **{stem: np.asarray(array)})
+    with pytest.raises(ValueError, match=rf"{stem}\.gz: .*{says}"):
+        vaetut.data.load_mnist(root)
+
+
+def test_14_an_idx_header_of_65_dimensions_names_the_file(tmp_path):
+    import struct
+    path = tmp_path / "deep-idx"
+    path.write_bytes(struct.pack(">HBB", 0, 8, 65) + struct.pack(">65I", *[1] * 65) + b"\0")
+    with pytest.raises(ValueError, match=r"deep-idx: the IDX header's shape has 65 dimensions"):
+        vaetut.data.read_idx(path)
+
+
+@pytest.mark.parametrize("load", ["load_digits", "load_mnist_subset"])
+def test_13_a_test_fraction_given_as_text_is_named(load):
+    with pytest.raises(ValueError, match=r"test_fraction must be a number in \(0, 1\), got '0\.2'"):
+        getattr(vaetut.data, load)(test_fraction="0.2")

@@ -81,6 +81,12 @@ def _apply_binarize(train, test, binarize, seed):
     return train, test
 
 
+def _check_fraction(test_fraction) -> None:
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
+            or not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
+
+
 def load_digits(binarize: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """scikit-learn's 8x8 digits scaled to [0, 1], split by a seeded permutation.
 
@@ -88,8 +94,7 @@ def load_digits(binarize: str | None = None, test_fraction: float = 0.2, seed: i
     """
     from sklearn.datasets import load_digits as sklearn_digits
 
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    _check_fraction(test_fraction)
     bunch = sklearn_digits()
     images = torch.tensor(bunch.data / 16.0, dtype=torch.float32)  # (1797, 64), 17 grey levels
     labels = torch.tensor(bunch.target, dtype=torch.int64)
@@ -168,7 +173,11 @@ def _read_idx_stream(f, path: str, file_size: int, compressed: bool, max_bytes: 
         raise ValueError(f"{path}: holds more than the {count} bytes its header's shape "
                          f"{shape} promises; refusing a file with trailing data (damaged, or "
                          "not the file it is named)")
-    return body.reshape(shape)
+    try:
+        return body.reshape(shape)
+    except ValueError as err:  # more dimensions than a NumPy array can have
+        raise ValueError(f"{path}: the IDX header's shape has {n_dims} dimensions, which no "
+                         f"NumPy array holds ({err}); a damaged or crafted header") from None
 
 
 def read_idx(path: str | os.PathLike, max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
@@ -417,6 +426,37 @@ def _find_idx(root: str, stem: str) -> str:
         "(python -m vaetut train --data mnist --download).")
 
 
+def _check_mnist_arrays(arrays: dict[str, np.ndarray], paths: dict[str, str]) -> tuple[int, int]:
+    """The images' (height, width), or a ValueError naming the file that is not what MNIST's
+    is: images (N, height, width) of at least one pixel, labels (N,) that are digits, as
+    many labels as images, every split non-empty, both splits of one image size."""
+    for key, path in paths.items():
+        array, images_file = arrays[key], key.endswith("images")
+        if array.ndim != (3 if images_file else 1):
+            raise ValueError(
+                f"{path}: an MNIST {'images' if images_file else 'labels'} file has "
+                f"{'3 dimensions (N, height, width)' if images_file else '1 dimension (N,)'}, "
+                f"this one has shape {array.shape}; is it the right file?")
+        if images_file and 0 in array.shape[1:]:
+            raise ValueError(f"{path}: its images are {array.shape[1]}x{array.shape[2]} "
+                             "pixels, with no pixel to learn from; is it the right file?")
+        if not images_file and array.size and array.max() > 9:
+            raise ValueError(f"{path}: MNIST labels are digits 0..9, this file holds "
+                             f"{array.min()}..{array.max()}; is it the right file?")
+    for split in ("train", "test"):
+        n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
+        if n_img != n_lab:
+            raise ValueError(f"MNIST {split} split has {n_img} images but {n_lab} labels")
+        if n_img == 0:
+            raise ValueError(f"{paths[f'{split}_images']}: holds no images")
+    h, w = arrays["train_images"].shape[1:]
+    th, tw = arrays["test_images"].shape[1:]
+    if (th, tw) != (h, w):
+        raise ValueError(f"{paths['test_images']}: test images are {th}x{tw} but the training "
+                         f"images ({paths['train_images']}) are {h}x{w}")
+    return h, w
+
+
 def load_mnist(root: str | os.PathLike, binarize: str | None = None, seed: int = 0,
                download: bool = False, mirrors: Sequence[str] | str = MNIST_MIRRORS,
                checksums: Mapping[str, str] = MNIST_CHECKSUMS,
@@ -443,24 +483,7 @@ def load_mnist(root: str | os.PathLike, binarize: str | None = None, seed: int =
                                     "fetch them)")
         paths = {key: _find_idx(root, stem) for key, stem in MNIST_FILES.items()}
     arrays = {key: read_idx(path) for key, path in paths.items()}
-    for key, path in paths.items():
-        shape, images_file = arrays[key].shape, key.endswith("images")
-        if len(shape) != (3 if images_file else 1):
-            raise ValueError(
-                f"{path}: an MNIST {'images' if images_file else 'labels'} file has "
-                f"{'3 dimensions (N, height, width)' if images_file else '1 dimension (N,)'}, "
-                f"this one has shape {shape}; is it the right file?")
-    for split in ("train", "test"):
-        n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
-        if n_img != n_lab:
-            raise ValueError(f"MNIST {split} split has {n_img} images but {n_lab} labels")
-        if n_img == 0:
-            raise ValueError(f"{paths[f'{split}_images']}: holds no images")
-    h, w = arrays["train_images"].shape[1:]
-    th, tw = arrays["test_images"].shape[1:]
-    if (th, tw) != (h, w):
-        raise ValueError(f"{paths['test_images']}: test images are {th}x{tw} but the training "
-                         f"images ({paths['train_images']}) are {h}x{w}")
+    h, w = _check_mnist_arrays(arrays, paths)
 
     def images(key):
         return torch.tensor(arrays[key].reshape(len(arrays[key]), -1), dtype=torch.float32) / 255.0
@@ -553,8 +576,7 @@ def load_mnist_subset(binarize: str | None = None, seed: int = 0, test_fraction:
     seeded random order (the file is sorted by label). `binarize` as for `load_digits`.
     `path` reads another file of the same format (rows of 784 grey levels 0..255 and a
     label); `sha256` is the checksum the file must have (None: not checked)."""
-    if not (isinstance(test_fraction, (int, float)) and 0 < test_fraction < 1):
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    _check_fraction(test_fraction)
     if binarize not in BINARIZE:
         raise ValueError(f"binarize must be one of {BINARIZE}, got {binarize!r}")
     path = mnist_subset_path() if path is None else os.fspath(path)
