@@ -305,5 +305,5 @@ def test_14_an_idx_header_of_65_dimensions_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("load", ["load_digits", "load_mnist_subset"])
 def test_13_a_test_fraction_given_as_text_is_named(load):
-    with pytest.raises(ValueError, match=r"test_fraction must be a number in \(0, 1\), got '0\.2'"):
+    with pytest.raises(ValueError, match=r"test_fraction must be in \(0, 1\), got '0\.2'"):
         getattr(vaetut.data, load)(test_fraction="0.2")

@@ -84,7 +84,7 @@ def _apply_binarize(train, test, binarize, seed):
 def _check_fraction(test_fraction) -> None:
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
             or not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
 
 
 def load_digits(binarize: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
