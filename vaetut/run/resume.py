@@ -8,7 +8,6 @@ generator states) is checked before any of it is used.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import math
@@ -18,8 +17,9 @@ from typing import Any, Callable
 
 import torch
 
-from .checkpoint import _check_loadable, load_checkpoint
 from ..model import VAE
+from .checkpoint import load_checkpoint
+from .state import RunObjects, attributes, progress_keys
 
 UNIDENTIFIED = "unidentified: "
 # optimizer settings that change what a step computes (the kernel choices do not)
@@ -95,15 +95,15 @@ def describe(value: Any, _depth: int = 0) -> str | None:
         return None if owner is None else f"{owner}.{value.__func__.__name__}"
     if isinstance(value, (type, types.ModuleType)):
         return _qualified(value) if isinstance(value, type) else value.__name__
-    if isinstance(value, torch.nn.Module) or not hasattr(value, "__dict__"):
+    kind, progress = type(value), progress_keys(value)
+    if isinstance(value, torch.nn.Module) or "<locals>" in kind.__qualname__ \
+            or not (hasattr(value, "__dict__") or hasattr(kind, "__slots__")):
         return None
-    kind = type(value)
-    if "<locals>" in kind.__qualname__:
+    parameters = {k: describe(v, _depth + 1) for k, v in sorted(attributes(value).items())
+                  if k not in progress}  # its progress (state_dict) is not what defines it
+    if None in parameters.values():
         return None
-    attributes = {k: describe(v, _depth + 1) for k, v in sorted(vars(value).items())}
-    if None in attributes.values():
-        return None
-    return f"{_qualified(kind)}(" + ", ".join(f"{k}={v}" for k, v in attributes.items()) + ")"
+    return f"{_qualified(kind)}(" + ", ".join(f"{k}={v}" for k, v in parameters.items()) + ")"
 
 
 def objective_name(objective: Callable) -> str:
@@ -118,45 +118,6 @@ def objective_name(objective: Callable) -> str:
     return f"{UNIDENTIFIED}{_qualified(target)}"
 
 
-def _plain(value: Any) -> bool:
-    if callable(value) and not isinstance(value, torch.Tensor):
-        return False
-    try:
-        _check_loadable(value, "")
-    except ValueError:
-        return False
-    return True
-
-
-def object_state(obj: Any, _depth: int = 0) -> dict | None:
-    """The attributes of `obj` that a checkpoint can hold (plain data and tensors), and
-    those of the objects among its attributes, recursively; None for a function or
-    anything without attributes. What a KLAnnealing's schedule has reached lives here."""
-    if _depth > 8 or obj is None or isinstance(obj, (types.FunctionType, types.MethodType,
-                                                     types.BuiltinFunctionType, type,
-                                                     types.ModuleType, functools.partial,
-                                                     torch.nn.Module, torch.Tensor)):
-        return None
-    if not hasattr(obj, "__dict__"):
-        return None
-    values, objects = {}, {}
-    for key, value in vars(obj).items():
-        if _plain(value):
-            values[key] = copy.deepcopy(value)
-        elif (nested := object_state(value, _depth + 1)) is not None:
-            objects[key] = nested
-    return {"values": values, "objects": objects}
-
-
-def restore_object_state(obj: Any, state: dict) -> None:
-    """Set the attributes `object_state` recorded back on `obj`."""
-    for key, value in state.get("values", {}).items():
-        setattr(obj, key, copy.deepcopy(value))
-    for key, nested in state.get("objects", {}).items():
-        if hasattr(obj, key):
-            restore_object_state(getattr(obj, key), nested)
-
-
 RUN_LABELS = {"train": "train data", "test": "test data"}
 
 
@@ -169,16 +130,25 @@ def run_definition(*, lr, seed, batch_size, n_samples, objective, stochastic_bin
             "train": fingerprint(train), "test": fingerprint(test)}
 
 
-def _check_training_state(checkpoint, payload: dict, model: VAE, optimizer, gen, afresh: str
-                          ) -> None:
-    """ValueError naming the file and the entry unless the epoch, history, optimizer and
-    generator states are what fit writes and fit this run: a tampered state is refused,
-    not half-loaded."""
-    def bad(what: str) -> ValueError:
-        return ValueError(f"{checkpoint!r}: {what}; the file is damaged or was edited, so "
-                          f"training does not resume from it; {afresh}")
+def record_problem(record: Any) -> str | None:
+    """What keeps `record` from being an epoch's record as fit saves and resumes it, or
+    None: str keys; values None, bools, strings or finite numbers; the train_* and test_*
+    metrics numbers. fit applies it when a record is made, resume when it is read."""
+    if not isinstance(record, dict):
+        return f"a {type(record).__name__}, not a dict"
+    for key, value in record.items():
+        if not isinstance(key, str) or not (value is None or isinstance(value, (
+                bool, int, float, str))):
+            return f"{key!r}: {value!r} ({type(value).__name__}), not a number or a string"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{key!r} = {value!r}, not a finite number"
+        if key.startswith(("train_", "test_")) and (isinstance(value, bool)
+                                                    or not isinstance(value, (int, float))):
+            return f"{key!r} = {value!r}, not a number"
+    return None
 
-    epoch, history = payload["epoch"], payload["history"]
+
+def _check_history(bad: Callable[[str], ValueError], epoch: Any, history: Any) -> None:
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
         raise bad(f"its epoch is {epoch!r}, not a positive int")
     if not isinstance(history, list) or len(history) != epoch:
@@ -187,19 +157,12 @@ def _check_training_state(checkpoint, payload: dict, model: VAE, optimizer, gen,
     for i, record in enumerate(history):
         if not isinstance(record, dict) or record.get("epoch") != i + 1:
             raise bad(f"its history record {i} is not the record of epoch {i + 1}")
-        for key, value in record.items():
-            if not isinstance(key, str) or not (value is None or isinstance(value, (
-                    bool, int, float, str))):
-                raise bad(f"its history record of epoch {i + 1} holds {key!r}: {value!r}, not "
-                          "a number")
-            if key.startswith(("train_", "test_")) and (
-                    isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not math.isfinite(value)):
-                raise bad(f"its history record of epoch {i + 1} holds {key!r} = {value!r}, "
-                          "not a finite number")
-    state = payload["generator"]
-    ours = gen.get_state()
-    where = payload.get("generator_device")
+        if (problem := record_problem(record)) is not None:
+            raise bad(f"its history record of epoch {i + 1} holds {problem}")
+
+
+def _check_generator(checkpoint: str, payload: dict, gen: torch.Generator, afresh: str) -> None:
+    state, ours, where = payload["generator"], gen.get_state(), payload.get("generator_device")
     if where is not None and where != gen.device.type:
         raise ValueError(
             f"{checkpoint!r} was written by a run on {where}, and this one runs on "
@@ -214,7 +177,10 @@ def _check_training_state(checkpoint, payload: dict, model: VAE, optimizer, gen,
             f"{gen.device.type} generator ({tuple(ours.shape)} bytes): it was written on another "
             f"kind of device (a CUDA generator's state is 16 bytes, a CPU one's 5056), whose "
             f"random stream cannot continue here; resume it where it was written, or {afresh}")
-    opt = payload["optimizer"]
+
+
+def _check_optimizer(bad: Callable[[str], ValueError], opt: Any, model: VAE,
+                     optimizer: torch.optim.Optimizer) -> None:
     if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) \
             or not isinstance(opt.get("param_groups"), list) or len(opt["param_groups"]) != 1 \
             or not isinstance(opt["param_groups"][0], dict):
@@ -237,6 +203,9 @@ def _check_training_state(checkpoint, payload: dict, model: VAE, optimizer, gen,
             if not isinstance(value, torch.Tensor) or value.shape != params[index].shape:
                 raise bad(f"its optimizer's {key} of parameter {index} is not a tensor of shape "
                           f"{tuple(params[index].shape)}")
+            if not torch.isfinite(value).all():
+                raise bad(f"its optimizer's {key} of parameter {index} holds NaN or infinite "
+                          "values")
         step = entry.get("step")
         step = step.item() if isinstance(step, torch.Tensor) and step.numel() == 1 else step
         if isinstance(step, bool) or not isinstance(step, (int, float)) or not step >= 0:
@@ -251,23 +220,8 @@ def _hyper(value: Any) -> Any:
     return value
 
 
-def resume(checkpoint: str | os.PathLike, model: VAE, optimizer: torch.optim.Optimizer,
-           gen: torch.Generator, dev: torch.device, run: dict[str, Any], epochs: int,
-           stateful: dict[str, Any] | None = None
-           ) -> tuple[list[dict[str, float]], int]:
-    """Load the model, optimizer and generator states from `checkpoint` after checking
-    that it continues the run `run` defines and that its training state is sound; return
-    its history records and epoch. The objects in `stateful` (name -> object: fit's
-    objective and the owner of on_epoch_end) get back the attributes saved with the
-    checkpoint (`object_state`), so a KL-annealing schedule continues where it was.
-
-    The optimizer's state is loaded into `optimizer` as it was built by this call: the
-    kernel it runs (fused or not) and whether its step is capturable in a CUDA graph
-    are this call's choice, whatever the checkpoint was saved with."""
-    checkpoint = os.fspath(checkpoint)
-    stored, payload = load_checkpoint(checkpoint, map_location=dev)
-    afresh = ("pass resume=False (command line: --no-resume) to start afresh and overwrite "
-              "it, or another checkpoint path (--out)")
+def _check_same_model(checkpoint: str, stored: VAE, model: VAE, payload: dict,
+                      afresh: str) -> None:
     if stored.config != model.config:
         differences = [(k, stored.config.get(k), model.config.get(k))
                        for k in {**stored.config, **model.config}
@@ -287,7 +241,10 @@ def resume(checkpoint: str | os.PathLike, model: VAE, optimizer: torch.optim.Opt
         raise ValueError(f"{checkpoint!r} does not record the run that wrote it (lr, seed, "
                          "batch size, objective, data): it was written by an older vaetut, "
                          f"so a resume cannot be checked; {afresh}")
-    for which, name in (("the checkpoint's", payload["run"].get("objective")),
+
+
+def _check_same_run(checkpoint: str, stored_run: dict, run: dict, afresh: str) -> None:
+    for which, name in (("the checkpoint's", stored_run.get("objective")),
                         ("this call's", run.get("objective"))):
         if isinstance(name, str) and name.startswith(UNIDENTIFIED):
             raise ResumeRefused(
@@ -296,9 +253,8 @@ def resume(checkpoint: str | os.PathLike, model: VAE, optimizer: torch.optim.Opt
                 "defined inside another (or an object holding one), so fit cannot tell "
                 "whether it computes what the checkpoint's run did. Define it at module level "
                 f"(or as an object whose attributes are plain data), or {afresh}",
-                [("objective", payload["run"].get("objective"), run.get("objective"))])
-    differences = [(k, payload["run"].get(k), v) for k, v in run.items()
-                   if payload["run"].get(k) != v]
+                [("objective", stored_run.get("objective"), run.get("objective"))])
+    differences = [(k, stored_run.get(k), v) for k, v in run.items() if stored_run.get(k) != v]
     if differences:
         raise ResumeRefused(
             f"cannot resume from {checkpoint!r}: it was written by another run ("
@@ -306,27 +262,53 @@ def resume(checkpoint: str | os.PathLike, model: VAE, optimizer: torch.optim.Opt
                         for k, a, b in differences)
             + "). To continue it, call fit with the checkpoint's settings and data; otherwise "
             f"{afresh}", differences)
-    _check_training_state(checkpoint, payload, model, optimizer, gen, afresh)
+
+
+def resume(checkpoint: str | os.PathLike, model: VAE, optimizer: torch.optim.Optimizer,
+           gen: torch.Generator, dev: torch.device, run: dict[str, Any], epochs: int,
+           objects: RunObjects) -> tuple[list[dict[str, float]], int]:
+    """Load the model, optimizer and generator states from `checkpoint` after checking
+    that it continues the run `run` defines and that its training state is sound; return
+    its history records and epoch. What defines the run is compared first; then the
+    training state is checked; then the stateful `objects` (fit's objective, on_epoch_end
+    and what they hold) get back their progress (state.RunObjects), and nothing else.
+
+    The optimizer's state is loaded into `optimizer` as it was built by this call: the
+    kernel it runs (fused or not) and whether its step is capturable in a CUDA graph
+    are this call's choice, whatever the checkpoint was saved with."""
+    checkpoint = os.fspath(checkpoint)
+    stored, payload = load_checkpoint(checkpoint, map_location=dev)
+    afresh = ("pass resume=False (command line: --no-resume) to start afresh and overwrite "
+              "it, or another checkpoint path (--out)")
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{checkpoint!r}: {what}; the file is damaged or was edited, so "
+                          f"training does not resume from it; {afresh}")
+
+    _check_same_model(checkpoint, stored, model, payload, afresh)
+    _check_same_run(checkpoint, payload["run"], run, afresh)
+    _check_history(bad, payload["epoch"], payload["history"])
+    _check_generator(checkpoint, payload, gen, afresh)
+    _check_optimizer(bad, payload["optimizer"], model, optimizer)
+    broken = [k for k, v in payload["model"].items() if not torch.isfinite(v).all()]
+    if broken:
+        raise bad(f"its weights hold NaN or infinite values ({', '.join(broken[:3])})")
     if payload["epoch"] > epochs:
         raise ResumeRefused(f"{checkpoint!r} holds epoch {payload['epoch']}, more than "
                             f"epochs={epochs} asks for; pass epochs={payload['epoch']} to get it "
                             f"as it is or more to train on, or {afresh}",
                             stored_epoch=payload["epoch"])
+    if (problem := objects.restore(payload.get("object_state"), describe)) is not None:
+        raise ValueError(f"cannot resume from {checkpoint!r}: {problem}; {afresh}")
     model.load_state_dict(payload["model"])
-    opt_state = payload["optimizer"]
     ours = optimizer.param_groups[0]
-    opt_state = {**opt_state, "param_groups": [
+    opt_state = {**payload["optimizer"], "param_groups": [
         {**g, "fused": ours["fused"], "capturable": ours["capturable"]}
-        for g in opt_state["param_groups"]]}
+        for g in payload["optimizer"]["param_groups"]]}
     try:
         optimizer.load_state_dict(opt_state)
         gen.set_state(payload["generator"].cpu())
     except (RuntimeError, TypeError, KeyError, ValueError) as err:
         raise ValueError(f"{checkpoint!r}: its training state cannot be loaded "
                          f"({type(err).__name__}: {err}); {afresh}") from err
-    saved_state = payload.get("object_state", {})
-    for name, obj in (stateful or {}).items():
-        if obj is not None and isinstance(saved_state, dict) \
-                and isinstance(saved_state.get(name), dict):
-            restore_object_state(obj, saved_state[name])
     return payload["history"], payload["epoch"]
