@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import nbformat
-import torch
 from nbclient import NotebookClient
 
 # The settings of numerics.env, recorded beside the times so a reader sees what ran.
@@ -23,15 +22,27 @@ PINNED = [line.split("=", 1)[0] for line in
           if line and not line.startswith("#")]
 
 
-def execute(path: Path, timeout: int = 900, out: Path | None = None) -> float:
+# After a cell's reply, how long to wait for the rest of its output. nbclient's default waits
+# 4 s and then drops what has not arrived without a word: on a busy machine (load 12 on 2
+# cores) chapter 2 was stored with a printed line missing. Waiting costs nothing when the
+# output comes at once; what never comes now stops the run instead of being stored short.
+IOPUB_TIMEOUT_S = 120
+
+
+def execute(path: Path, timeout: int = 900, out: Path | None = None,
+            iopub_timeout: int = IOPUB_TIMEOUT_S) -> float:
     """Execute the notebook at `path` in its own folder; write it to `out` (default: in
-    place). Return the wall time in seconds."""
+    place), never with a cell's output cut short. Return the wall time in seconds."""
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
     NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                   iopub_timeout=iopub_timeout, raise_on_iopub_timeout=True,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     seconds = time.perf_counter() - start
-    nbformat.write(nb, out or path)
+    target = out or path
+    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    nbformat.write(nb, partial)
+    os.replace(partial, target)  # a reader never sees half a notebook
     return seconds
 
 
@@ -48,6 +59,7 @@ if __name__ == "__main__":
         times[path.name] = round(execute(path, out=out), 1)
         print(f"{path}: executed in {times[path.name]:.1f} s", flush=True)
     if args.times:  # a run of some notebooks updates their entries and keeps the others'
+        import torch  # for its version only: measure_spread's runs, without --times, skip it
         try:
             with open(args.times) as f:
                 kept = json.load(f)  # other keys (earlier measurements beside these) stay
