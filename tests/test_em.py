@@ -7,11 +7,11 @@ from vaetut import em
 from vaetut.exact import DTYPE, LinearGaussian
 
 
-def data(n=200, d=6, k=2, seed=0):
+def data(n=200, d=6, k=2, seed=0, noise=0.3):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(d, k, dtype=DTYPE, generator=g)
     z = torch.randn(n, k, dtype=DTYPE, generator=g)
-    return z @ w.T + 0.3 * torch.randn(n, d, dtype=DTYPE, generator=g) + 1.0
+    return z @ w.T + noise * torch.randn(n, d, dtype=DTYPE, generator=g) + 1.0
 
 
 def start(d=6, k=2, seed=1):
@@ -92,7 +92,9 @@ def test_largest_column_cosine():
 
 
 def test_a_diagonal_q_rotates_the_decoder_to_orthogonal_columns_a_full_q_does_not():
-    x = data(n=400, d=6, k=2)
+    # noisy data (noise 1.0): the posterior's correlation, and so the diagonal q's pull
+    # towards orthogonal columns, is strong enough to act within 1000 steps
+    x = data(n=100, d=6, k=2, noise=1.0)
     ml = LinearGaussian.from_pca(x, 2)
     angle = torch.tensor(0.6, dtype=DTYPE)
     rotation = torch.stack([torch.stack([angle.cos(), -angle.sin()]),
@@ -100,9 +102,9 @@ def test_a_diagonal_q_rotates_the_decoder_to_orthogonal_columns_a_full_q_does_no
     start_model = LinearGaussian(ml.W @ rotation, ml.b, ml.noise_var)
     assert em.largest_column_cosine(start_model.W) > 0.2
     target = float(ml.log_evidence(x).mean())
-    full, _, h_full = em.run_joint_ascent(start_model, x, 3000, lr=0.03, lr_end=1e-4)
-    diag, enc, h_diag = em.run_joint_ascent(start_model, x, 3000, lr=0.03, lr_end=1e-4,
-                                            diagonal_q=True)
+    settings = dict(lr=0.03, lr_end=1e-4, record_every=1000)  # only the end is asserted on
+    full, _, h_full = em.run_joint_ascent(start_model, x, 1000, **settings)
+    diag, enc, h_diag = em.run_joint_ascent(start_model, x, 1000, diagonal_q=True, **settings)
     assert enc.diagonal
     assert abs(h_full.log_px[-1] - target) < 1e-3 and abs(h_diag.log_px[-1] - target) < 0.01
     assert em.largest_column_cosine(diag.W) < 0.08  # the diagonal q's ELBO picked a rotation
