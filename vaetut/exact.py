@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 
 from .checks import check_count
-from .distributions import LOG_2PI
+from .distributions import LOG_2PI, draw_eps
 from .objective import ELBO
 
 DTYPE = torch.float64
@@ -88,7 +88,7 @@ def sample_q(q_mean: torch.Tensor, q_cov: torch.Tensor, n: int,
     q_cov = _check_q_cov(q_cov, *q_mean.shape)
     check_count("n", n)
     chol = _cholesky(q_cov, "q_cov")
-    eps = torch.randn((n, *q_mean.shape), dtype=DTYPE, generator=generator)  # (n, N, K)
+    eps = draw_eps((n, *q_mean.shape), generator, DTYPE)  # (n, N, K)
     return q_mean + (chol @ eps.unsqueeze(-1)).squeeze(-1)
 
 
@@ -309,7 +309,7 @@ class LinearGaussian:
         check_count("n_samples", n_samples)
         if n_samples < 2:
             raise ValueError("n_samples must be at least 2 to give a standard error")
-        eps = torch.randn((n_samples, *m.shape), dtype=DTYPE, generator=generator)  # (S, N, K)
+        eps = draw_eps((n_samples, *m.shape), generator, DTYPE)  # (S, N, K)
         z = m + (chol_s @ eps.unsqueeze(-1)).squeeze(-1)  # (S, N, K)
         values = self.log_px_given_z(x, z)  # (S, N)
         if analytic_kl:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .checks import check_count
+from .distributions import draw_eps
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -155,7 +156,7 @@ class VAE(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean images of the decoder at n draws z ~ p(z) = N(0, I)."""
         device = next(self.parameters()).device
-        z = torch.randn(n, self.z_dim, device=device, generator=generator)
+        z = draw_eps((n, self.z_dim), generator, device=device)  # z ~ p(z) = N(0, I)
         return self.mean_image(z)
 
     def mean_image(self, z: torch.Tensor) -> torch.Tensor:
