@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,20 @@ def test_make_lab_installs_exact_versions_only():
     locked = {line.split("==")[0].lower().replace("_", "-")
               for line in (ROOT / "requirements.lock").read_text().splitlines() if "==" in line}
     assert not locked & {line.split("==")[0].lower().replace("_", "-") for line in lab}
+
+
+def test_a_figure_shows_at_the_size_it_was_drawn(tmp_path):
+    from docutils import nodes
+    from PIL import Image
+
+    Image.new("RGB", (980, 300), "white").save(tmp_path / "small.png", dpi=(200, 200))
+    Image.new("RGB", (980, 300), "white").save(tmp_path / "no_dpi.png")
+    assert vaetut_html.physical_width(tmp_path / "small.png") == 470  # 4.9 inches at 96 px
+    assert vaetut_html.physical_width(tmp_path / "no_dpi.png") is None
+    doctree = nodes.section()
+    small, unknown = nodes.image(uri="small.png"), nodes.image(uri="no_dpi.png")
+    sized = nodes.image(uri="small.png", width="50%")
+    doctree.extend([small, unknown, sized])
+    app = types.SimpleNamespace(srcdir=str(tmp_path))
+    vaetut_html.figures_at_drawn_size(app, doctree, "book/x")
+    assert small["width"] == "470px" and "width" not in unknown and sized["width"] == "50%"

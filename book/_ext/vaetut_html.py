@@ -16,6 +16,9 @@
 - A reference by name to a section whose title holds math ({ref}`sec-train-iwae`) shows the
   title as Sphinx stores it, raw LaTeX ("How far is the ELBO from \\log p_\\theta(x)?");
   here the link gets the title's own nodes, math included, which MathJax renders.
+- Figures show at the size they were drawn (96 CSS pixels an inch, from the dpi the PNG
+  records), so a point of type is the same size in every figure; wider ones shrink to the
+  column.
 - Collapsed cells say what they hold: a check cell ("# Check: the split and binary pixels")
   is labelled "Check: the split and binary pixels", the install cell "Setup (installs vaetut
   where it is missing)", and an exercise's collapsed solution code goes inside the "Solution"
@@ -136,6 +139,38 @@ def math_titles_in_links(app, doctree, docname) -> None:
         shown.extend(copy.deepcopy(child) for child in section[0].children)
 
 
+CSS_PX_PER_INCH = 96
+
+
+def physical_width(path: Path) -> int | None:
+    """The CSS width at which a PNG shows at the size it was drawn (its pixels over the dpi it
+    records, at 96 CSS pixels an inch), or None without a recorded dpi."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            dpi = image.info.get("dpi")
+            width = image.width
+    except OSError:
+        return None
+    return round(width / float(dpi[0]) * CSS_PX_PER_INCH) if dpi and dpi[0] else None
+
+
+def figures_at_drawn_size(app, doctree, docname) -> None:
+    """Show each notebook figure at the size it was drawn, not stretched to the column: a
+    point of type is then the same size on the page in every figure (10 points, 13 px),
+    where stretching a 5-inch figure to the column made its text twice that of a 9-inch one.
+    A figure wider than the column still shrinks to it (the theme's max-width: 100%)."""
+    for image in doctree.findall(nodes.image):
+        uri = image.get("uri", "")
+        if image.get("width") or not uri.endswith(".png"):
+            continue
+        path = Path(uri) if Path(uri).is_absolute() else Path(app.srcdir) / uri
+        width = physical_width(path) if path.is_file() else None
+        if width:
+            image["width"] = f"{width}px"
+
+
 def _add_static(app):
     app.config.html_static_path.append(str(Path(__file__).parent / "static"))
 
@@ -146,5 +181,6 @@ def setup(app):
     app.connect("builder-inited", _add_static)
     app.connect("doctree-read", _label_collapsed_cells)
     app.connect("doctree-resolved", math_titles_in_links)
+    app.connect("doctree-resolved", figures_at_drawn_size)
     app.add_css_file("vaetut.css")
     return {"parallel_read_safe": True, "parallel_write_safe": True}
