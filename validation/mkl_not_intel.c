@@ -10,8 +10,8 @@
  *     cc -shared -fPIC -O2 -o /tmp/mkl_not_intel.so validation/mkl_not_intel.c
  *     LD_PRELOAD=/tmp/mkl_not_intel.so python validation/numerics_battery.py --out not-intel.json
  *
- * lists the kernels that follow the vendor (README, "How the stored numbers are checked on
- * your machine"). It is not an AMD: its instruction set, caches and the rest of MKL's choices
+ * lists the kernels that follow the vendor (book/checks.md, "What follows the CPU vendor:
+ * MKL"). It is not an AMD: its instruction set, caches and the rest of MKL's choices
  * stay this machine's. */
 int mkl_serv_intel_cpu_true(void) { return 0; }
 int mkl_serv_intel_cpu(void) { return 0; }
