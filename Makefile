@@ -42,8 +42,10 @@ numerics:
 
 ## Build the HTML book into _build/html from the notebooks' stored outputs, the ones
 ## `make test` validates: no chapter is executed here (`make notebooks` re-makes them).
+## Every page is rebuilt (--all): that costs under a minute, and an incremental build can
+## keep a page rendered by older extension code (book/_ext/).
 book: $(STAMP)
-	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+	$(BIN)/jupyter-book build . --all --warningiserror --nitpick --keep-going
 	@echo "open _build/html/index.html"
 
 ## Unit tests and nbval over every notebook in book/: strict where this machine's kernels
