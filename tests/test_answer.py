@@ -1,4 +1,6 @@
-"""Tests of vaetut.answer, the computations of the answer page."""
+"""Tests of what the answer page computes: forward-mode derivatives (gradients), the climbs
+along one decoder parameter (em), the joint-KL identity and the diagonal q's two optima
+(bounds), and the climb's figure (plots)."""
 import math
 
 import pytest

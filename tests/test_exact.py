@@ -277,23 +277,23 @@ def test_bad_inputs_raise():
         sample_q(q_mean, q_cov, 0)
 
 
-def test_plots_exact_draw():
+def test_the_exact_models_figures_draw():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from vaetut import plots as plots_exact
+    from vaetut import plots
 
     model, g = random_model(0, d=4, k=2)
     x = torch.randn(1, 4, dtype=F64, generator=g)
     mean, cov = model.posterior(x)
     fig, (a1, a2) = plt.subplots(1, 2)
-    plots_exact.gaussian_contours(a1, mean[0], cov, (-3, 3, -3, 3))
+    plots.gaussian_contours(a1, mean[0], cov, (-3, 3, -3, 3))
     assert a1.get_xlim() == (-3, 3) and len(a1.collections) > 0
     t = torch.linspace(-1, 1, 5, dtype=F64)
     means = mean + t[:, None]
     xs = x.expand(5, -1)
-    plots_exact.bound_and_gap(a2, t, model.log_evidence(xs), model.elbo(xs, means, cov),
-                              model.kl_to_posterior(xs, means, cov), "t")
+    plots.bound_and_gap(a2, t, model.log_evidence(xs), model.elbo(xs, means, cov),
+                        model.kl_to_posterior(xs, means, cov), "t")
     assert [line.get_label() for line in a2.lines] == ["ELBO", r"$\log p(x)$", "ELBO + KL"]
     plt.close(fig)
 

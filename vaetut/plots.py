@@ -275,22 +275,24 @@ def draw_climb(ax: plt.Axes | None, model: LinearGaussian, x: torch.Tensor, clim
 
 
 # ----- the graph of the loss ------------------------------------------------------------
-_GRAPH_BOXES = {  # name: (x, y, label) for a VAE with one hidden layer
-    "x": (0.0, 1.0, "$x$"),
-    "encoder.body.0": (1.5, 1.0, "encoder.body.0\nLinear"),
-    "encoder.act": (3.1, 1.0, "encoder.act\nReLU"),
-    "encoder.mean": (4.8, 1.8, "encoder.mean\nLinear: $\\mu$"),
-    "encoder.log_var": (4.8, 0.2, "encoder.log_var\nLinear: $\\log\\sigma^2$"),
+_GRAPH_MODULES = {  # the layers of a VAE with one hidden layer: (x, y, kind), drawn "name\nkind"
+    "encoder.body.0": (1.5, 1.0, "Linear"), "encoder.act": (3.1, 1.0, "ReLU"),
+    "encoder.mean": (4.8, 1.8, "Linear: $\\mu$"),
+    "encoder.log_var": (4.8, 0.2, "Linear: $\\log\\sigma^2$"),
+    "decoder.net.0": (8.3, 1.0, "Linear"), "decoder.net.1": (9.9, 1.0, "ReLU"),
+    "decoder.net.2": (11.5, 1.0, "Linear: logits"),
+}
+_GRAPH_QUANTITIES = {  # the tensors between them: (x, y, label)
+    "x": (0.0, 1.0, "$x$"), "x_data": (13.2, 2.4, "$x$"),
     "z": (6.6, 1.0, "$z = \\mu + \\sigma\\,\\varepsilon$"),
     "eps": (6.6, 2.4, "$\\varepsilon \\sim N(0, I)$"),
-    "decoder.net.0": (8.3, 1.0, "decoder.net.0\nLinear"),
-    "decoder.net.1": (9.9, 1.0, "decoder.net.1\nReLU"),
-    "decoder.net.2": (11.5, 1.0, "decoder.net.2\nLinear: logits"),
     "recon": (13.2, 1.0, "$\\log p_\\theta(x|z)$"),
-    "x_data": (13.2, 2.4, "$x$"),
     "kl": (8.3, -0.7, "KL$(q_\\phi(z|x)\\,\\|\\,p(z))$"),
     "loss": (13.2, -0.7, "loss = $-$mean ELBO"),
 }
+_GRAPH_BOXES = {  # name: (x, y, label)
+    **{name: (x, y, f"{name}\n{kind}") for name, (x, y, kind) in _GRAPH_MODULES.items()},
+    **_GRAPH_QUANTITIES}
 _GRAPH_EDGES = [("x", "encoder.body.0"), ("encoder.body.0", "encoder.act"),
                 ("encoder.act", "encoder.mean"), ("encoder.act", "encoder.log_var"),
                 ("encoder.mean", "z"), ("encoder.log_var", "z"), ("eps", "z"),
