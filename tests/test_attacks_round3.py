@@ -307,3 +307,90 @@ def test_14_an_idx_header_of_65_dimensions_names_the_file(tmp_path):
 def test_13_a_test_fraction_given_as_text_is_named(load):
     with pytest.raises(ValueError, match=r"test_fraction must be in \(0, 1\), got '0\.2'"):
         getattr(vaetut.data, load)(test_fraction="0.2")
+
+
+# ----- 9, 14 and issue 29's item 7: the command line ---------------------------------------
+SMALL = ["--epochs", "1", "--hidden", "8", "--z-dim", "2", "--no-progress"]
+
+
+def _cli(capsys, *args):
+    from vaetut.run.cli import main
+    capsys.readouterr()
+    try:
+        code = main(["train", *args])
+    except SystemExit as exit:  # argparse's errors
+        code = exit.code
+    out, err = capsys.readouterr()
+    return code, out, err.strip().splitlines()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--z-dim", str(2**63)], "--z-dim: must be a positive int below 2**63"),
+    (["--batch-size", str(2**70)], "--batch-size: must be a positive int below 2**63"),
+    (["--hidden", "8", str(2**64)], "--hidden: must be a positive int below 2**63"),
+    (["--hidden", str(10**12)], "--z-dim 8 and --hidden 1000000000000 ask for a model of"),
+    (["--z-dim", str(2**62), "--hidden", str(2**62)], "ask for a model of more than 2**63"),
+])
+def test_9_huge_sizes_are_one_line_naming_the_flag(tmp_path, capsys, args, says):
+    code, _, err = _cli(capsys, "--epochs", "1", "--out", str(tmp_path / "run"), *args)
+    assert code == 2 and len(err) == 1 and says in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_9_a_rank_that_never_starts_is_one_line(tmp_path, capsys, monkeypatch):
+    def never_met(*args, **kwargs):
+        raise torch.distributed.DistStoreError("Timed out after 121 seconds waiting for "
+                                               "clients. 1/2 clients joined.\n(more lines)")
+
+    monkeypatch.setattr(vaetut, "fit", never_met)
+    code, _, err = _cli(capsys, *SMALL, "--out", str(tmp_path / "run"))
+    assert code == 2 and len(err) == 1, err
+    assert "torchrun processes could not all meet (Timed out after 121 seconds" in err[0]
+
+
+def test_14_ctrl_c_while_torch_imports_is_one_line_and_130(tmp_path):
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "vaetut", "train", *SMALL, "--out",
+                             str(tmp_path / "run")], stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # importing torch takes seconds
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and len(err.strip().splitlines()) == 1, err
+    assert "interrupted" in err
+
+
+def test_14_out_through_dot_dot_makes_only_the_folder_it_names(tmp_path, capsys):
+    code, _, err = _cli(capsys, *SMALL, "--out", f"{tmp_path}/a/b/../c")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["c"]
+    assert (tmp_path / "a" / "c" / "checkpoint.pt").exists()
+
+
+def test_29_a_rerun_that_trains_nothing_does_not_say_it_wrote_the_checkpoint(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert _cli(capsys, *SMALL, "--out", out)[0] == 0
+    before = (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns
+    code, said, _ = _cli(capsys, *SMALL, "--out", out)
+    assert code == 0 and "already complete" in said and "nothing was trained" in said
+    assert "wrote" not in said and "history.json and" in said
+    assert (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns == before
+
+
+def test_29_the_mnist_subset_is_a_data_source(tmp_path, capsys):
+    code, said, err = _cli(capsys, "--data", "mnist-subset", *SMALL, "--out", str(tmp_path))
+    assert code == 0, err
+    model, _ = vaetut.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert model.config["x_dim"] == 28 * 28
+
+
+def test_29_each_default_that_differs_from_fits_says_why():
+    import inspect
+
+    from vaetut.run.cli import build_parser
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    fit_defaults = inspect.signature(vaetut.fit).parameters
+    for flag, name in (("--epochs", "epochs"), ("--batch-size", "batch_size"), ("--lr", "lr")):
+        action = next(a for a in train._actions if flag in a.option_strings)
+        fits = fit_defaults[name].default
+        assert action.default == fits or f"fit's default is {fits}" in action.help, flag

@@ -62,6 +62,7 @@ def test_a_failed_download_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "could not download train-images-idx3-ubyte.gz" in err[0], err
     assert "wrong checksum" in err[0] and not (tmp_path / "run").exists()
+    assert not (tmp_path / "mnist").exists()  # the folder the download made, removed again
 
 
 def test_download_without_mnist_is_refused(tmp_path, capsys):

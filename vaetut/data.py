@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .files import atomic_write, file_kind, open_regular
+from .files import atomic_write, file_kind, make_folders, open_regular, remove_empty_folders
 
 BINARIZE = (None, "fixed", "stochastic")
 MNIST_FILES = {
@@ -371,7 +371,7 @@ def download_mnist(root: str | os.PathLike, mirrors: Sequence[str] | str = MNIST
     mirror as a whole, not each read, so a mirror that drips bytes is left in time. If no
     mirror gives the right file, a DownloadError says what each mirror gave. `mirrors` and
     `checksums` can point elsewhere (a local server, another data set in IDX files)."""
-    root = os.fspath(root)
+    root = os.path.normpath(os.fspath(root))  # so that make_folders makes what is used
     mirrors = _mirror_list(mirrors)
     if not isinstance(checksums, Mapping) or not checksums:
         raise ValueError(f"checksums must be a non-empty mapping of file name to digest, got "
@@ -392,7 +392,17 @@ def download_mnist(root: str | os.PathLike, mirrors: Sequence[str] | str = MNIST
     if os.path.exists(root) and not os.path.isdir(root):
         raise ValueError(f"root {os.path.abspath(root)!r} is not a folder; name a folder to "
                          "download MNIST into (it is made if missing)")
-    os.makedirs(root, exist_ok=True)
+    made = make_folders(root)
+    try:
+        return _download_all(root, plan, mirrors, timeout, max_bytes)
+    except BaseException:
+        remove_empty_folders(made)  # a failed first download leaves no empty folder
+        raise
+
+
+def _download_all(root: str, plan: dict[str, tuple[str, str]], mirrors: tuple[str, ...],
+                  timeout: float, max_bytes: int) -> dict[str, str]:
+    """download_mnist's work once its arguments are checked and `root` exists."""
     paths = {}
     for name, (algorithm, digest) in plan.items():
         dest = os.path.join(root, name)

@@ -44,6 +44,27 @@ def open_regular(path: str, what: str) -> tuple[BinaryIO, int]:
         raise
 
 
+def make_folders(path: str) -> list[str]:
+    """Make the folder `path` and any missing parents (normalized first, so 'a/b/../c' makes
+    a/c alone); return the folders made here, deepest first, for `remove_empty_folders`."""
+    folder, made = os.path.abspath(path), []
+    probe = folder
+    while not os.path.lexists(probe):
+        made.append(probe)
+        probe = os.path.dirname(probe)
+    os.makedirs(folder, exist_ok=True)
+    return made
+
+
+def remove_empty_folders(made: list[str]) -> None:
+    """Remove the folders `make_folders` made (deepest first) as long as each is empty."""
+    for folder in made:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
 def temp_pattern(path: str) -> re.Pattern:
     """The exact names the writer gives the temporaries of `path`: .NAME.PID.HEX8.tmp, with
     the pid in ASCII digits (as the writer makes it; `\\d` would also match other scripts')."""
