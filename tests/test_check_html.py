@@ -117,14 +117,14 @@ def measured(code=(), images=(), column=800, equations=(), window=1280, page=Non
 
 
 def equation(content, visible=729, scrolls=True):
-    return {"label": "(4.1)", "tex": "x = y", "content": content, "visible": visible,
+    return {"label": "(4.1)#", "tex": "x = y", "content": content, "visible": visible,
             "scrolls": scrolls}
 
 
 def test_an_equation_must_fit_at_1280_and_may_scroll_in_its_box_on_a_phone():
     assert check_html.check_layout(measured(equations=[equation(700)])) == []
     wide = measured(equations=[equation(932)])
-    assert any("(4.1)" in p and "does not fit" in p for p in check_html.check_layout(wide))
+    assert any("equation (4.1) 'x = y' does not fit" in p for p in check_html.check_layout(wide))
     on_phone = measured(equations=[equation(932, visible=340)], window=390)
     assert check_html.check_layout(on_phone, phone=True) == []
     cut = measured(equations=[equation(932, visible=340, scrolls=False)], window=390)

@@ -278,7 +278,8 @@ def check_equations(measured: dict, must_fit: bool) -> list[str]:
     (it would need a sideways scroll to be read). At a phone's width one may scroll in its box."""
     problems = []
     for eq in measured.get("equations", []):
-        name = f"equation {eq['label'] or '(unnumbered)'} {eq['tex']!r}"
+        label = eq["label"].rstrip("#¶ ")  # the number's permalink sign
+        name = f"equation {label or '(unnumbered)'} {eq['tex']!r}"
         wider = eq["content"] > eq["visible"] + 1
         if wider and not eq["scrolls"]:
             problems.append(f"{name} is cut at a {measured['window']}-pixel window: "
