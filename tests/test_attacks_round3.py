@@ -394,3 +394,15 @@ def test_29_each_default_that_differs_from_fits_says_why():
         action = next(a for a in train._actions if flag in a.option_strings)
         fits = fit_defaults[name].default
         assert action.default == fits or f"fit's default is {fits}" in action.help, flag
+
+
+def test_4_a_resumed_cli_run_reads_the_checkpoint_once(tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "run")
+    assert _cli(capsys, *SMALL, "--out", out)[0] == 0
+    reads = []
+    real_read_file = checkpoint_module._read_file
+    monkeypatch.setattr(checkpoint_module, "_read_file",
+                        lambda path: reads.append(path) or real_read_file(path))
+    code, said, err = _cli(capsys, *SMALL[2:], "--epochs", "2", "--out", out)
+    assert code == 0 and "from epoch 1; trained epochs 2 to 2" in said, err
+    assert len(reads) == 1, reads

@@ -13,7 +13,7 @@ import struct
 import sys
 import tempfile
 import zipfile
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import filelock
 import torch
@@ -69,18 +69,17 @@ def _describe_holder(fd: int) -> None:
     """filelock's on_acquired hook: write who holds the lock into the lock file, so that a
     refused writer can name it; but only into a regular file of one name, checked on the
     descriptor: a hard link planted at the lock's name would have its target truncated."""
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-        raise _NotALockFile(file_kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else
-                            f"a file with {st.st_nlink} names (a hard link)")
+    if not stat.S_ISREG((st := os.fstat(fd)).st_mode) or st.st_nlink != 1:
+        raise _NotALockFile(f"a file with {st.st_nlink} names (a hard link)"
+                            if stat.S_ISREG(st.st_mode) else file_kind(st.st_mode))
     text = (f"pid {os.getpid()} on {socket.gethostname()}: "
             + " ".join(sys.argv)[:300] + "\n").encode("utf-8", "replace")
     os.ftruncate(fd, 0)
     os.pwrite(fd, text, 0)
 
 
-class _NotALockFile(Exception):
-    """What _describe_holder found at the lock's name instead of a lock file."""
+class _NotALockFile(Exception):  # what is at the lock's name instead of a lock file
+    pass
 
 
 def checkpoint_lock(path: str | os.PathLike) -> filelock.FileLock:
@@ -328,6 +327,20 @@ def _record_problem(record: zipfile.ZipInfo, data: bytes, folder: str, next_star
             begins + record.file_size > next_start:
         return "does not match its local header, or overlaps the next record"
     return ""
+
+
+def stored_epoch(path: str | os.PathLike) -> int | None:
+    """The epoch checkpoint `path` holds, or None, for messages: only its end records and
+    pickle are read (its tensors are mapped), so a run that then loads it reads it once."""
+    path = os.fspath(path)
+    try:
+        f, size = open_regular(path, "a checkpoint")
+        with f:
+            _check_zip_end(path, f, size)
+        epoch = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"]
+    except Exception:  # whatever is wrong, load_checkpoint (fit) names it
+        return None
+    return epoch if type(epoch) is int else None
 
 
 def check_config(config: Any, where: str) -> dict:

@@ -155,19 +155,6 @@ def _remove_created(created: list[str], lock_file: str | None = None) -> None:
     remove_empty_folders(created)
 
 
-def _stored_epoch(checkpoint: str) -> int | None:
-    """The epoch the checkpoint holds, or None (none there, or fit will say what is wrong)."""
-    from .checkpoint import load_checkpoint
-
-    if not os.path.isfile(checkpoint) or os.path.islink(checkpoint):
-        return None
-    try:
-        epoch = load_checkpoint(checkpoint)[1].get("epoch")
-    except (OSError, ValueError):
-        return None
-    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
-
-
 # what fit calls a setting, as the command line names it
 FLAGS = {"lr": "--lr", "seed": "--seed", "batch_size": "--batch-size", "z_dim": "--z-dim",
          "hidden": "--hidden", "likelihood": "--likelihood", "x_dim": "--data (image size)",
@@ -269,7 +256,7 @@ def _write_picture(path: str, model, dataset, seed: int) -> None:
 def train(args: argparse.Namespace) -> int:
     from .. import fit
     from . import distributed
-    from .checkpoint import acquire_checkpoint_lock, check_checkpoint_path
+    from .checkpoint import acquire_checkpoint_lock, check_checkpoint_path, stored_epoch
 
     binarize = None if args.binarize == "none" else args.binarize
     main_rank = distributed.env_rank() == 0
@@ -293,7 +280,7 @@ def train(args: argparse.Namespace) -> int:
     try:
         if main_rank:  # held for the whole run: checkpoint, history.json and samples.png
             lock = acquire_checkpoint_lock(checkpoint)
-        before = None if args.no_resume else _stored_epoch(checkpoint)
+        before = None if args.no_resume else stored_epoch(checkpoint)
         history = fit(model, dataset.train, dataset.test, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, device=args.device,
                       seed=args.seed, progress=not args.no_progress, checkpoint=checkpoint,
@@ -331,7 +318,9 @@ def train(args: argparse.Namespace) -> int:
 def _interrupted_note(checkpoint: str | None) -> str:
     if checkpoint is None:
         return "nothing was written"
-    epoch = _stored_epoch(checkpoint)
+    from .checkpoint import stored_epoch
+
+    epoch = stored_epoch(checkpoint)
     if epoch is None:
         return f"no checkpoint was written to {checkpoint}"
     return (f"{checkpoint} holds epoch {epoch}; rerun the same command to resume from it")
