@@ -1,4 +1,4 @@
-"""Figures the chapters share. Each function draws on a given Axes (or makes one) and
+"""The book's figures. Each function draws on a given Axes (or makes one) and
 returns it, so a notebook cell stays one line of plotting. `book_style()` sets the one
 figure style of the book (resolution and font sizes for the HTML page).
 
