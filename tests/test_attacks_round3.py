@@ -406,3 +406,24 @@ def test_4_a_resumed_cli_run_reads_the_checkpoint_once(tmp_path, capsys, monkeyp
     code, said, err = _cli(capsys, *SMALL[2:], "--epochs", "2", "--out", out)
     assert code == 0 and "from epoch 1; trained epochs 2 to 2" in said, err
     assert len(reads) == 1, reads
+
+
+def test_14_a_second_ctrl_c_while_the_first_is_reported_changes_nothing(tmp_path, capsys,
+                                                                        monkeypatch):
+    import signal
+
+    from vaetut.run import cli
+
+    def interrupted(args):
+        args.checkpoint = str(tmp_path / "ck.pt")
+        raise KeyboardInterrupt
+
+    def note_hit_by_a_second_ctrl_c(checkpoint):
+        os.kill(os.getpid(), signal.SIGINT)
+        return "nothing was written"
+
+    monkeypatch.setattr(cli, "train", interrupted)
+    monkeypatch.setattr(cli, "_interrupted_note", note_hit_by_a_second_ctrl_c)
+    code, _, err = _cli(capsys, "--out", str(tmp_path))
+    assert code == 130 and err == ["vaetut train: interrupted; nothing was written"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
