@@ -1,5 +1,6 @@
 """How the book is numbered and how `make lab` starts (book/_ext/vaetut_html.py, Makefile)."""
 import ast
+import inspect
 import os
 import re
 import shutil
@@ -57,9 +58,8 @@ def test_the_api_page_names_every_public_function_and_class():
     page = (ROOT / "book" / "api.md").read_text()
     documented = set(re.findall(r"^\.\. auto(?:function|class|exception):: (vaetut\.[\w.]+)",
                                 page, flags=re.M))
-    modules = {"data", "plots", "exact", "bounds", "diagnostics"}
     for name in vaetut.__all__:
-        if name not in modules:
+        if not inspect.ismodule(getattr(vaetut, name)):  # modules: their members are listed
             assert f"vaetut.{name}" in documented, name
 
 
