@@ -69,6 +69,17 @@ def test_added_perturbations_widen_the_stored_spreads_and_never_narrow_them():
         measure_spread.merge_spreads(old, {"stdout": [[0.01, 0.05]], "text/plain": [[]]})
 
 
+def test_make_spread_runs_the_four_perturbations_and_the_fifth_only_when_named():
+    assert list(measure_spread.choose_perturbations(None)) == [
+        "aten-default", "mkl-compatible", "mkl-avx512", "mkl-not-intel"]
+    # aten-avx512 measured a spread of 0 everywhere (validation/README.md): kept for --only
+    assert measure_spread.choose_perturbations(["aten-avx512", "mkl-not-intel"]) == {
+        "aten-avx512": {"ATEN_CPU_CAPABILITY": "avx512"},
+        "mkl-not-intel": measure_spread.PERTURBATIONS["mkl-not-intel"]}
+    with pytest.raises(SystemExit):  # a name not offered is refused, not ignored
+        measure_spread.main(["--only", "aten-avx2", "book/02_vae_parts.ipynb"])
+
+
 def _is_intel() -> bool:
     try:
         return "GenuineIntel" in Path("/proc/cpuinfo").read_text()
