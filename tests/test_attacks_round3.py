@@ -427,3 +427,13 @@ def test_14_a_second_ctrl_c_while_the_first_is_reported_changes_nothing(tmp_path
     code, _, err = _cli(capsys, "--out", str(tmp_path))
     assert code == 130 and err == ["vaetut train: interrupted; nothing was written"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_14_a_device_node_as_the_lock_file_is_named(tmp_path):
+    import stat
+    try:  # /dev/null's numbers; making a device node needs privileges
+        os.mknod(tmp_path / ".ck.pt.lock", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("cannot make a device node here")
+    with pytest.raises(ValueError, match=r"\.ck\.pt\.lock.*a character device.*remove it"):
+        vaetut.save_checkpoint(tmp_path / "ck.pt", vaetut.VAE(10, 3))
