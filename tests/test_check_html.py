@@ -1,4 +1,5 @@
 """The browser check of the built book fails on what a reader would see broken."""
+import json
 import os
 import re
 import shutil
@@ -214,3 +215,23 @@ def test_the_browser_measures_code_width_and_image_pixels_at_1280_pixels(tmp_pat
     (html / "book" / "page.html").write_text(page)
     assert check_html.main(args) == 1
     assert "a.png is 1 pixels wide" in capsys.readouterr().out
+
+
+def test_a_type_size_the_figures_code_sets_is_measured_too(tmp_path):
+    cells = [{"cell_type": "code", "source": ["vaetut.plots.draw_graph(order, ax)\n"],
+              "metadata": {"mystnb": {"figure": {"name": "fig-graph"}}}, "outputs": []},
+             {"cell_type": "code",
+              "source": ["ax.legend(fontsize='small')\nax.text(0, 0, 'a', fontsize=8)"],
+              "metadata": {"mystnb": {"figure": {"name": "fig-legend"}}}, "outputs": []},
+             {"cell_type": "code", "source": ["plt.plot(x)"],
+              "metadata": {"mystnb": {"figure": {"name": "fig-plain"}}}, "outputs": []}]
+    notebook = tmp_path / "page.ipynb"
+    notebook.write_text(json.dumps({"cells": cells}))
+    # draw_graph writes its boxes' labels at 7.5 points (vaetut/plots.py)
+    assert check_html.explicit_sizes(notebook) == {"fig-graph": 7.5, "fig-legend": 8.0}
+    assert check_html.points("'small'") == pytest.approx(0.833 * 11)
+    graph = {"src": "g.png", "naturalWidth": 1900, "shownWidth": 784, "dpi": 200,
+             "figure": "fig-graph", "points": 7.5}  # 9.5 inches: 7.5 pt shows 8.6 px
+    assert any("figure fig-graph: its 7.5-point text shows 8.6 px" in p
+               for p in check_html.check_layout(measured(images=[graph])))
+    assert check_html.check_layout(measured(images=[dict(graph, points=None)])) == []

@@ -9,8 +9,9 @@ error, a link's text shows raw LaTeX, or a collapsed cell's bar does not say wha
 It measures each page in the live layout at two widths. At a 1280-pixel window (a laptop) it
 fails if a code block scrolls sideways, a display equation does not fit its column, a figure
 image has fewer pixels across than the column, or a figure's text (at the sizes
-vaetut.plots.BOOK_STYLE sets, from the image's dpi and shown width) shows under 10 or over 20
-pixels high. At 390 pixels (a phone, measured in a frame of that width) it fails if a display
+vaetut.plots.BOOK_STYLE sets, or smaller ones the figure's cell or the vaetut.plots function
+it calls writes as fontsize=..., from the image's dpi and shown width) shows under 10 or over
+20 pixels high. At 390 pixels (a phone, measured in a frame of that width) it fails if a display
 equation is cut rather than scrolling in its own box; at both, if the page is wider than the
 window. Saves a PNG of each page's first screen under _build/screenshots/.
 """
@@ -309,14 +310,19 @@ TEXT_PX = (10, 20)  # figure text on the page: at least this small, at most this
 
 
 @functools.cache
-def style_font_points(plots: Path = Path(__file__).resolve().parents[1] / "vaetut" / "plots.py"
-                      ) -> tuple[float, float]:
-    """(smallest, largest) type size of BOOK_STYLE, read from the source: this check needs
-    neither torch nor a working vaetut."""
+def book_style(plots: Path = Path(__file__).resolve().parents[1] / "vaetut" / "plots.py"
+               ) -> dict:
+    """vaetut.plots.BOOK_STYLE, read from the source: this check needs neither torch nor a
+    working vaetut."""
     tree = ast.parse(plots.read_text())
-    BOOK_STYLE = next(ast.literal_eval(node.value) for node in ast.walk(tree)
-                      if isinstance(node, ast.Assign)
-                      and any(getattr(t, "id", "") == "BOOK_STYLE" for t in node.targets))
+    return next(ast.literal_eval(node.value) for node in ast.walk(tree)
+                if isinstance(node, ast.Assign)
+                and any(getattr(t, "id", "") == "BOOK_STYLE" for t in node.targets))
+
+
+def style_font_points() -> tuple[float, float]:
+    """(smallest, largest) type size BOOK_STYLE sets."""
+    BOOK_STYLE = book_style()
     return (min(BOOK_STYLE[k] for k in FONT_KEYS_SMALL),
             max(BOOK_STYLE[k] for k in FONT_KEYS_LARGE))
 
@@ -336,18 +342,65 @@ def check_figure_text(measured: dict) -> list[str]:
         if not image["naturalWidth"] or not image.get("dpi") or not image["shownWidth"]:
             continue
         args = (image["dpi"], image["naturalWidth"], image["shownWidth"])
-        small, large = shown_text_px(small_pt, *args), shown_text_px(large_pt, *args)
+        smallest_pt = min(small_pt, image.get("points") or small_pt)  # the figure's own size
+        small, large = shown_text_px(smallest_pt, *args), shown_text_px(large_pt, *args)
         inches = image["naturalWidth"] / image["dpi"]
         name = image.get("figure") or image["src"]
         if small < TEXT_PX[0]:
-            problems.append(f"figure {name}: its {small_pt:g}-point text shows {small:.1f} px "
+            problems.append(f"figure {name}: its {smallest_pt:g}-point text shows {small:.1f} px "
                             f"high (under {TEXT_PX[0]} px): {inches:.1f} inches drawn into "
-                            f"{image['shownWidth']} px; draw it narrower")
+                            f"{image['shownWidth']} px; draw it narrower or its text larger")
         elif large > TEXT_PX[1]:
             problems.append(f"figure {name}: its {large_pt:g}-point text shows {large:.1f} px "
                             f"high (over {TEXT_PX[1]} px): {inches:.1f} inches enlarged to "
                             f"{image['shownWidth']} px; draw it wider")
     return problems
+
+
+ROOT = Path(__file__).resolve().parents[1]
+FONTSIZE = re.compile(r"fontsize\s*=\s*([\d.]+|[\"'][\w-]+[\"'])")
+# matplotlib's named sizes, as fractions of font.size (matplotlib.font_manager.font_scalings)
+SCALINGS = {"xx-small": 0.579, "x-small": 0.694, "small": 0.833, "medium": 1.0}
+
+
+def points(size: str) -> float | None:
+    """A fontsize= value in points: a number, or a name relative to BOOK_STYLE's font.size."""
+    name = size.strip("\"'")
+    if name in SCALINGS:
+        return SCALINGS[name] * book_style()["font.size"]
+    try:
+        return float(name)
+    except ValueError:
+        return None  # "large" and the like: not smaller than the style's
+PLOTS_CALL = re.compile(r"\bplots\.(\w+)\(")
+
+
+@functools.cache
+def plots_sizes(plots: Path = ROOT / "vaetut" / "plots.py") -> dict[str, list[float]]:
+    """The type sizes each function of vaetut/plots.py writes as a number (fontsize=7.5)."""
+    source = plots.read_text()
+    return {node.name: [p for x in FONTSIZE.findall(ast.get_source_segment(source, node))
+                        if (p := points(x)) is not None]
+            for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)}
+
+
+def explicit_sizes(notebook: Path) -> dict[str, float]:
+    """For each named figure of a notebook, the smallest type size its cell sets by number,
+    itself or in the vaetut.plots functions it calls (what BOOK_STYLE does not decide)."""
+    if not notebook.is_file():
+        return {}
+    found = {}
+    for cell in json.loads(notebook.read_text())["cells"]:
+        name = cell.get("metadata", {}).get("mystnb", {}).get("figure", {}).get("name")
+        if cell["cell_type"] != "code" or not name:
+            continue
+        source = "".join(cell["source"])
+        sizes = [p for x in FONTSIZE.findall(source) if (p := points(x)) is not None]
+        sizes += [size for function in PLOTS_CALL.findall(source)
+                  for size in plots_sizes().get(function, [])]
+        if sizes:
+            found[name] = min(sizes)
+    return found
 
 
 def image_dpi(page_file: Path, src: str) -> float | None:
@@ -376,10 +429,14 @@ def link_latex(html: str) -> list[str]:
     return sorted(set(problems))
 
 
-def with_dpi(measured: dict | None, page_file: Path) -> dict | None:
-    """The measurements, each image with the dpi its file records."""
+def with_dpi(measured: dict | None, page_file: Path, notebook: Path | None = None
+             ) -> dict | None:
+    """The measurements, each image with the dpi its file records and the smallest type size
+    its figure's code sets by number (None where it sets none)."""
+    sizes = explicit_sizes(notebook) if notebook else {}
     for image in (measured or {}).get("images", []):
         image["dpi"] = image_dpi(page_file, image["src"])
+        image["points"] = sizes.get(image.get("figure", ""))
     return measured
 
 
@@ -432,7 +489,8 @@ def main(argv=None) -> int:
             dom = chromium(url + "?measure", "--virtual-time-budget=15000", window, "--dump-dom")
             problems += console_errors(dom.stderr)
             problems += check_dom(page, dom.stdout) + link_latex(dom.stdout)
-            problems += check_layout(with_dpi(measurements(dom.stdout), page_file))
+            problems += check_layout(with_dpi(measurements(dom.stdout), page_file,
+                                              Path(args.toc).parent / f"{page}.ipynb"))
             phone = chromium(url + "?phone", "--virtual-time-budget=15000", window, "--dump-dom")
             problems += check_layout(measurements(phone.stdout), phone=True)
             problems += check_links(html_root, page_file)
