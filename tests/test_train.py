@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -155,9 +154,15 @@ def test_load_checkpoint_errors(tmp_path):
         vaetut.load_checkpoint(tmp_path / "missing.pt")
 
 
-def _train_cmd(out, epochs):
-    return [sys.executable, "-m", "vaetut", "train", "--epochs", str(epochs), "--hidden", "256",
-            "256", "--out", str(out), "--no-progress"]
+def _cli_args(out, epochs):
+    return ["train", "--epochs", str(epochs), "--hidden", "32", "--out", str(out),
+            "--no-progress"]
+
+
+def _python(script):
+    """A Python process running `script` with one thread (the same arithmetic in each)."""
+    return subprocess.run([sys.executable, "-c", script], timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def _final_weights(out):
@@ -167,29 +172,30 @@ def _final_weights(out):
 
 @pytest.mark.slow
 def test_a_killed_training_run_resumes_to_the_same_model(tmp_path):
-    epochs = 12
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(killed, epochs), env=env)
-    checkpoint, deadline = killed / "checkpoint.pt", time.time() + 120
-    epoch_at_kill = 0
-    while time.time() < deadline and proc.poll() is None:
-        if checkpoint.exists():
-            epoch_at_kill = vaetut.load_checkpoint(checkpoint)[1]["epoch"]
-            if epoch_at_kill >= 2:
-                proc.send_signal(signal.SIGKILL)
-                break
-        time.sleep(0.02)
-    try:
-        proc.wait(timeout=60)
-    finally:  # never leave the run behind, whatever happened
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert 2 <= epoch_at_kill < epochs
-    subprocess.run(_train_cmd(killed, epochs), env=env, check=True, timeout=300)  # resumes
-    whole = tmp_path / "whole"
-    subprocess.run(_train_cmd(whole, epochs), env=env, check=True, timeout=300)
+    epochs, killed_in = 5, 3
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    # the command line's run kills itself (SIGKILL) once epoch 3 has trained, before its
+    # save: killed mid-training, deterministically, with epoch 2's checkpoint on disk
+    died = _python(f"""
+import os, signal, sys
+import vaetut.run.train as train
+from vaetut.run.cli import main
+save = train.save_checkpoint
+def save_or_die(*args, **kwargs):
+    if kwargs["epoch"] == {killed_in}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    save(*args, **kwargs)
+train.save_checkpoint = save_or_die
+sys.exit(main({_cli_args(killed, epochs)!r}))
+""")
+    assert died.returncode == -signal.SIGKILL, "the run was not killed"
+    assert vaetut.load_checkpoint(killed / "checkpoint.pt")[1]["epoch"] == killed_in - 1
+    # the same command again resumes it; an uninterrupted run is the reference
+    done = _python(f"""
+from vaetut.run.cli import main
+assert main({_cli_args(killed, epochs)!r}) == 0 and main({_cli_args(whole, epochs)!r}) == 0
+""")
+    assert done.returncode == 0
     (w_killed, p_killed), (w_whole, p_whole) = _final_weights(killed), _final_weights(whole)
     assert p_killed["epoch"] == p_whole["epoch"] == epochs
     assert p_killed["history"] == p_whole["history"]

@@ -131,7 +131,8 @@ class GraphedSteps:
                  x_static: torch.Tensor, batch_size: int, n_samples: int,
                  generator: torch.Generator, capture: bool = True):
         if capture and x_static.device.type != "cuda":
-            raise ValueError(f"a CUDA graph needs the data on a CUDA device, not {x_static.device}")
+            raise ValueError(f"a CUDA graph needs the data on a CUDA device, not "
+                             f"{x_static.device}")
         self.model, self.objective, self.optimizer = model, objective, optimizer
         self.x, self.batch_size, self.n_samples, self.gen = x_static, batch_size, n_samples, generator
         n, device = len(x_static), x_static.device
