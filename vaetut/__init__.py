@@ -14,10 +14,13 @@ The teaching core, each idea in one module (read them in this order):
     gradients.py      where the ELBO's gradient goes: by term, by parameter, by estimator
     bounds.py         the IWAE bound, the best q per example, the inference gap
     diagnostics.py    measurements of collapse: KL per dimension, active units, the rate
+    prior.py          a learned Gaussian prior p_psi(z): its KL, and what that term trains
     plots.py          the book's figures
 
 The run machinery, in vaetut/run/ (it imports the core; the core never imports it):
     run/train.py        fit: the epoch loop, History, evaluate
+    run/options.py      fit's options and data, checked in one place
+    run/state.py        the progress of fit's objects (a KL schedule), saved and restored
     run/steps.py        the training step: eager, whole-step CUDA graph, data-parallel
     run/checkpoint.py   atomic writes, the writer's lock, checked loading
     run/resume.py       what defines a run; resuming it from its checkpoint
@@ -25,7 +28,7 @@ The run machinery, in vaetut/run/ (it imports the core; the core never imports i
     run/device.py       pick_device
     run/cli.py          `python -m vaetut train` (__main__.py calls it)
 """
-from . import bounds, data, diagnostics, exact, plots
+from . import bounds, data, diagnostics, distributions, exact, objective, plots
 from .bounds import iwae_bound
 from .distributions import kl_to_prior, log_px_given_z, reparameterize
 from .exact import LinearGaussian
@@ -40,4 +43,4 @@ __version__ = "0.1.0"
 __all__ = ["VAE", "ELBO", "elbo", "iwae_bound", "kl_to_prior", "log_px_given_z",
            "reparameterize", "fit", "evaluate", "History", "NonFiniteLossError",
            "pick_device", "save_checkpoint", "load_checkpoint", "data", "plots", "exact",
-           "LinearGaussian", "bounds", "diagnostics"]
+           "LinearGaussian", "bounds", "diagnostics", "distributions", "objective"]
