@@ -8,6 +8,8 @@ The teaching core, each idea in one module (read them in this order):
                       or a Monte Carlo KL, IWAE, beta and free bits, KL annealing, wrappers
     checks.py         the checks of arguments and data that the core shares
     data.py           the digits (default, offline) and MNIST from IDX files
+    download.py       fetching the MNIST files: mirrors, one deadline, checksums
+    files.py          every file written atomically, through the descriptor it created
     exact.py          probabilistic PCA: log p(x), p(z|x), the exact ELBO and KL
     em.py             EM and joint gradient ascent on the exact model, also along one
                       decoder parameter
@@ -28,6 +30,18 @@ The run machinery, in vaetut/run/ (it imports the core; the core never imports i
     run/device.py       pick_device
     run/cli.py          `python -m vaetut train` (__main__.py calls it)
 """
+import sys as _sys
+
+if _sys.argv[:1] == ["-m"]:  # `python -m vaetut ...` starting: Ctrl-C while torch loads below
+    import os as _os        # is one line and exit status 130 (run/cli.py's main takes over)
+    import signal as _signal
+
+    def _interrupted_while_starting(*_):
+        _os.write(2, b"vaetut: interrupted while starting; nothing was written\n")
+        _os._exit(130)
+
+    _signal.signal(_signal.SIGINT, _interrupted_while_starting)
+
 from . import bounds, data, diagnostics, distributions, exact, objective, plots
 from .bounds import iwae_bound
 from .distributions import kl_to_prior, log_px_given_z, reparameterize
