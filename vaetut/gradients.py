@@ -14,8 +14,8 @@ encoder's gradient next to the reparameterization estimator (`encoder_gradient`)
 compare their variances (Mohamed et al. 2020); the gradients of the ELBO with a Monte Carlo
 KL with and without "sticking the landing" (Roeder, Wu and Duvenaud 2017;
 `mc_kl_encoder_gradients`); and small independent checks (`finite_difference`,
-`projection_shares`, `adam_first_step`). The objectives it differentiates live in
-`vaetut.objective`; the drawing of the graph is `vaetut.plots.draw_graph`.
+`projection_shares`, `adam_first_step`). The objectives it differentiates are in
+`vaetut.objective`.
 """
 from __future__ import annotations
 
@@ -59,16 +59,11 @@ class TermGradients:
         return layer_norms(self.grads[term])
 
 
-def layer_of(param_name: str) -> str:
-    """The module a parameter belongs to: "decoder.net.2.weight" -> "decoder.net.2"."""
-    return param_name.rsplit(".", 1)[0]
-
-
 def layer_norms(grads: dict[str, torch.Tensor]) -> dict[str, float]:
     """Per-layer gradient norms: sqrt of the summed squares of the layer's parameters' grads."""
     squares: dict[str, float] = {}
     for name, g in grads.items():
-        layer = layer_of(name)
+        layer = name.rsplit(".", 1)[0]  # "decoder.net.2.weight" -> "decoder.net.2"
         squares[layer] = squares.get(layer, 0.0) + float(g.double().pow(2).sum())
     return {layer: s ** 0.5 for layer, s in squares.items()}
 
