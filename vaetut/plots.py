@@ -139,7 +139,7 @@ def learning_curves(history, axes: Sequence[plt.Axes] | None = None) -> Sequence
     `history` maps a column name to its values by epoch (`fit`'s History does).
     """
     if axes is None:
-        _, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+        _, axes = plt.subplots(1, 3, figsize=(8.3, 3.0))
     epochs = history["epoch"]
     labels = {"elbo": "ELBO", "log_px_given_z": r"$E_q[\log p(x|z)]$",
               "kl_to_prior": r"KL$(q(z|x)\,\|\,p(z))$"}
@@ -276,19 +276,21 @@ def draw_climb(ax: plt.Axes | None, model: LinearGaussian, x: torch.Tensor, clim
 
 # ----- the graph of the loss ------------------------------------------------------------
 _GRAPH_MODULES = {  # the layers of a VAE with one hidden layer: (x, y, kind), drawn "name\nkind"
-    "encoder.body.0": (1.5, 1.0, "Linear"), "encoder.act": (3.1, 1.0, "ReLU"),
-    "encoder.mean": (4.8, 1.8, "Linear: $\\mu$"),
-    "encoder.log_var": (4.8, 0.2, "Linear: $\\log\\sigma^2$"),
-    "decoder.net.0": (8.3, 1.0, "Linear"), "decoder.net.1": (9.9, 1.0, "ReLU"),
-    "decoder.net.2": (11.5, 1.0, "Linear: logits"),
+    # two rows, so that the labels are read at the book's type size in an 8.3-inch figure:
+    # the encoder left to right above, the decoder right to left below
+    "encoder.body.0": (1.7, 3.0, "Linear"), "encoder.act": (3.9, 3.0, "ReLU"),
+    "encoder.mean": (6.2, 3.9, "Linear: $\\mu$"),
+    "encoder.log_var": (6.2, 2.1, "Linear: $\\log\\sigma^2$"),
+    "decoder.net.0": (9.1, -0.9, "Linear"), "decoder.net.1": (6.9, -0.9, "ReLU"),
+    "decoder.net.2": (4.7, -0.9, "Linear: logits"),
 }
 _GRAPH_QUANTITIES = {  # the tensors between them: (x, y, label)
-    "x": (0.0, 1.0, "$x$"), "x_data": (13.2, 2.4, "$x$"),
-    "z": (6.6, 1.0, "$z = \\mu + \\sigma\\,\\varepsilon$"),
-    "eps": (6.6, 2.4, "$\\varepsilon \\sim N(0, I)$"),
-    "recon": (13.2, 1.0, "$\\log p_\\theta(x|z)$"),
-    "kl": (8.3, -0.7, "KL$(q_\\phi(z|x)\\,\\|\\,p(z))$"),
-    "loss": (13.2, -0.7, "loss = $-$mean ELBO"),
+    "x": (0.0, 3.0, "$x$"), "x_data": (0.7, -0.9, "$x$"),
+    "z": (9.1, 3.0, "$z = \\mu + \\sigma\\,\\varepsilon$"),
+    "eps": (9.1, 4.4, "$\\varepsilon \\sim N(0, I)$"),
+    "recon": (2.5, -0.9, "$\\log p_\\theta(x|z)$"),
+    "kl": (4.4, 0.8, "KL$(q_\\phi(z|x)\\,\\|\\,p(z))$"),
+    "loss": (1.2, 0.8, "loss = $-$mean ELBO"),
 }
 _GRAPH_BOXES = {  # name: (x, y, label)
     **{name: (x, y, f"{name}\n{kind}") for name, (x, y, kind) in _GRAPH_MODULES.items()},
@@ -314,8 +316,8 @@ def draw_graph(order: list[str], ax=None):
         colour = ("#fdd9b5" if name.startswith("decoder") else
                   "#c6dbef" if name.startswith("encoder") else "#eeeeee")
         if name in step:
-            label = f"{label}\nbackward step {step[name]}"
-        texts[name] = ax.text(x, y, label, ha="center", va="center", fontsize=7.5,
+            label = f"{label}\nstep {step[name]}"
+        texts[name] = ax.text(x, y, label, ha="center", va="center", fontsize=10,
                               bbox=dict(boxstyle="round,pad=0.35", fc=colour, ec="0.4"))
     for src, dst in _GRAPH_EDGES:
         (x0, y0, _), (x1, y1, _) = _GRAPH_BOXES[src], _GRAPH_BOXES[dst]
@@ -323,7 +325,7 @@ def draw_graph(order: list[str], ax=None):
                     arrowprops=dict(arrowstyle="->", color="0.45", shrinkA=1, shrinkB=1,
                                     patchA=texts[src].get_bbox_patch(),
                                     patchB=texts[dst].get_bbox_patch()))
-    ax.set_xlim(-0.5, 14.3)
-    ax.set_ylim(-1.3, 3.0)
+    ax.set_xlim(-0.6, 10.4)
+    ax.set_ylim(-1.8, 4.9)
     ax.set_axis_off()
     return ax
