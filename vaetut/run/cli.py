@@ -12,6 +12,7 @@ import signal
 import sys
 import tempfile
 import threading
+from typing import Any, Callable
 
 import torch
 
@@ -41,34 +42,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{name}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}") from None
-    if not 1 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be a positive int below 2**63, got {text}")
-    return value
+def _parser(convert: Callable[[str], Any], what: str, ok: Callable[[Any], bool], bound: str,
+            show: Callable[[str], str] = str) -> Callable[[str], Any]:
+    """An argparse type: `convert` the text, then require `ok`, naming what was expected."""
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {show(text)}")
+        return value
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int, got {text!r}") from None
-    if not 0 <= value < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be an int in [0, 2**63 - 1), got {text}")
-    return value
+_positive_int = _parser(int, "a positive int", lambda v: 1 <= v < 2**63,
+                        "a positive int below 2**63")
+_positive_float = _parser(float, "a positive number", lambda v: v > 0 and math.isfinite(v),
+                          "a positive finite number", show=repr)
+_seed = _parser(int, "an int", lambda v: 0 <= v < SEED_LIMIT, "an int in [0, 2**63 - 1)")
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
