@@ -227,8 +227,8 @@ def test_a_type_size_the_figures_code_sets_is_measured_too(tmp_path):
               "metadata": {"mystnb": {"figure": {"name": "fig-plain"}}}, "outputs": []}]
     notebook = tmp_path / "page.ipynb"
     notebook.write_text(json.dumps({"cells": cells}))
-    # draw_graph writes its boxes' labels at 7.5 points (vaetut/plots.py)
-    assert check_html.explicit_sizes(notebook) == {"fig-graph": 7.5, "fig-legend": 8.0}
+    # draw_graph writes its boxes' labels at 10 points (vaetut/plots.py), read from its source
+    assert check_html.explicit_sizes(notebook) == {"fig-graph": 10.0, "fig-legend": 8.0}
     assert check_html.points("'small'") == pytest.approx(0.833 * 11)
     graph = {"src": "g.png", "naturalWidth": 1900, "shownWidth": 784, "dpi": 200,
              "figure": "fig-graph", "points": 7.5}  # 9.5 inches: 7.5 pt shows 8.6 px

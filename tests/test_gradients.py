@@ -219,7 +219,7 @@ def test_draw_graph_labels_each_module_with_its_backward_step():
     vaetut.plots.draw_graph(order, ax)
     texts = [t.get_text() for t in ax.texts]
     for i, name in enumerate(order, 1):
-        assert any(t.startswith(name) and t.endswith(f"backward step {i}") for t in texts), name
+        assert any(t.startswith(name) and t.endswith(f"\nstep {i}") for t in texts), name
     plt.close(fig)
 
 
