@@ -12,6 +12,7 @@ from torch import nn
 
 from .model import VAE
 from .distributions import log_px_given_z, reparameterize
+from .gradients import group_norm
 
 
 class GaussianPrior(nn.Module):
@@ -42,13 +43,13 @@ def term_gradient_norms(model: VAE, prior: GaussianPrior, x: torch.Tensor,
     z = reparameterize(q_mean, q_log_var, eps.shape[0], eps=eps)
     terms = {"log_px_given_z": log_px_given_z(model, x, z).mean(),
              "kl_to_prior": prior.kl(q_mean, q_log_var).mean()}
-    groups = {"encoder": list(model.encoder.parameters()),
-              "decoder": list(model.decoder.parameters()), "prior": list(prior.parameters())}
-    params = [p for ps in groups.values() for p in ps]
+    named = {**dict(model.named_parameters()),
+             **{f"prior.{n}": p for n, p in prior.named_parameters()}}
     norms: dict[str, dict[str, float]] = {}
     for i, (name, term) in enumerate(terms.items()):
-        grads = iter(torch.autograd.grad(term, params, retain_graph=i == 0, allow_unused=True,
-                                         materialize_grads=True))
-        norms[name] = {group: sum(float(next(grads).double().pow(2).sum()) for _ in ps) ** 0.5
-                       for group, ps in groups.items()}
+        grads = dict(zip(named, torch.autograd.grad(term, list(named.values()),
+                                                    retain_graph=i == 0, allow_unused=True,
+                                                    materialize_grads=True)))
+        norms[name] = {group: group_norm(grads, f"{group}.")
+                       for group in ("encoder", "decoder", "prior")}
     return norms
